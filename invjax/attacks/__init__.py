@@ -1,0 +1,1 @@
+"""invjax.attacks."""

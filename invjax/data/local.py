@@ -1,0 +1,60 @@
+"""Local `.npz` files: arrays `x` (uint8 NHWC), `y` (int), optional `index`.
+
+A directory holds a split as `<split>.npz` or as parts `<split>_part*.npz`
+(joined in name order), e.g. `../shared/data/cifar10/` has `train_part1.npz`,
+`train_part2.npz` and `test.npz`.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from typing import Optional
+
+import numpy as np
+
+from invjax.checks import InvjaxError
+from invjax.data.dataset import Dataset, validate
+
+
+def load_npz(path: str, *, num_classes: Optional[int] = None) -> Dataset:
+  """Loads one `.npz` file with arrays `x`, `y` (and optionally `index`)."""
+  if not os.path.isfile(path):
+    raise InvjaxError(f"data file not found: {path}")
+  with np.load(path, allow_pickle=False) as f:
+    missing = [k for k in ("x", "y") if k not in f.files]
+    if missing:
+      raise InvjaxError(
+          f"{path}: missing array(s) {missing}; expected 'x' (uint8 NHWC) and 'y' "
+          f"(int labels), found {sorted(f.files)}")
+    index = f["index"] if "index" in f.files else None
+    return validate(f["x"], f["y"], index, source=path, num_classes=num_classes)
+
+
+def split_files(data_dir: str, split: str) -> list[str]:
+  if not os.path.isdir(data_dir):
+    raise InvjaxError(f"data directory does not exist: {data_dir}")
+  single = os.path.join(data_dir, f"{split}.npz")
+  parts = sorted(glob.glob(os.path.join(data_dir, f"{split}_part*.npz")))
+  files = [single] if os.path.isfile(single) else parts
+  if not files:
+    raise InvjaxError(
+        f"{data_dir}: no file for split '{split}' (expected {split}.npz or "
+        f"{split}_part*.npz); found {sorted(os.listdir(data_dir))}")
+  return files
+
+
+def load_dir(data_dir: str, split: str, *, num_classes: Optional[int] = None) -> Dataset:
+  """Loads split `split` from `data_dir` (one file or parts joined in order)."""
+  sets = [load_npz(f, num_classes=num_classes) for f in split_files(data_dir, split)]
+  if len(sets) == 1:
+    return sets[0]
+  return Dataset(*(np.concatenate(arrs) for arrs in zip(*sets)))
+
+
+def save_npz(path: str, dataset: Dataset) -> None:
+  """Writes `dataset` as uint8 `.npz` atomically (temp file, then rename)."""
+  validate(dataset.x, dataset.y, dataset.index, source=path)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp.npz"
+  np.savez_compressed(tmp, x=dataset.x, y=dataset.y, index=dataset.index)
+  os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""invjax.nets."""
