@@ -17,14 +17,14 @@ class Chain(nn.Module):
   layers: Sequence[nn.Module]
 
   def __call__(self, x):
-    total = jnp.zeros((x.shape[0],), x.dtype)
+    total = jnp.zeros((x.shape[0],), jnp.result_type(x))
     for layer in self.layers:
       x, log_det = layer(x)
       total = total + log_det
     return x, total
 
   def inverse(self, y):
-    total = jnp.zeros((y.shape[0],), y.dtype)
+    total = jnp.zeros((y.shape[0],), jnp.result_type(y))
     for layer in reversed(self.layers):
       y, log_det = layer.inverse(y)
       total = total + log_det

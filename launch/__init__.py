@@ -1,0 +1,1 @@
+"""absl launch scripts (`python -m launch.<script> --config=launch/configs/<config>.py`)."""

@@ -1,0 +1,1 @@
+"""ml_collections experiment configs; each docstring holds its exact launch command."""

@@ -1,0 +1,34 @@
+r"""Passeurs on full CIFAR-10 (50,000 train; test 0-4999 public, 5000-9999 private).
+
+  python -m launch.passeurs --config=launch/configs/passeurs_cifar10.py \
+    --data_dir=/work/shared/data/cifar10 --workdir=/work/runs/passeurs_cifar10
+
+(`--data_dir=''` loads tensorflow-datasets' cifar10 instead.) EfficientNet-Lite0 features at
+32x32, LIBLINEAR `-s 1 -c 1` as the SVM, 3 sign-gradient steps (L_inf <= 3/255), audit with
+8 random splits. Measured on a shared 2-core CPU: see README / results.md in the workdir.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.dataset = "cifar10"
+  config.data_dir = "/work/shared/data/cifar10"
+  config.train_limit = 0  # 0: all 50,000
+  config.test_limit = 0
+  config.public_boundary = 5000
+  config.extractor = "efficientnet_lite0"  # or "random_conv" (untrained baseline)
+  config.resolution = 32
+  config.batch_size = 256
+  config.steps = 3
+  config.methods = "sign"
+  config.margin = "ovr_hinge"
+  config.rotation_delta = 0.5
+  config.svm_backend = "liblinear"
+  config.svm_C = 1.0
+  config.svm_tol = ml_collections.config_dict.placeholder(float)
+  config.audit = True
+  config.audit_splits = 8
+  config.progress = True
+  return config

@@ -1,0 +1,232 @@
+r"""Teacher CNN -> invertible student distillation, then the attack TRANSFER table.
+
+  python -m launch.distill --config=launch/configs/distill_smoke.py --workdir=/tmp/distill_smoke
+  python -m launch.distill --config=launch/configs/distill_cifar10.py \
+      --workdir=runs/distill --data_dir=/work/shared/data/cifar10
+
+1. Trains the teacher (`config.teacher`, a CNN from `invjax.nets.cnn.TEACHERS`)
+   in `<workdir>/teacher` (or `config.teacher.workdir`: an existing run is
+   loaded, a stopped one resumed).
+2. Distils it into an invertible classifier (`config.student`: a flow from
+   `launch.train_flow.FLOWS` + a linear head) in `<workdir>/student`.
+3. Reports teacher accuracy, student accuracy and teacher/student agreement on
+   the test split.
+4. On the first `config.attack.num_examples` test images that the teacher
+   classifies correctly, for each norm/epsilon, the success rate *on the teacher* of
+     (i)   PGD on the teacher (white-box upper bound),
+     (ii)  PGD on the student, adversarials evaluated on the teacher (transfer),
+     (iii) the latent-inversion attack on the student, evaluated on the teacher
+           (skipped with a message when `invjax.attacks.latent` is unavailable),
+   with the white-box success on the attacked model and median distances.
+Writes `results.json` and `transfer.md` in `--workdir`; a rerun resumes/reuses.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, List
+
+if __package__ in (None, ""):  # `python launch/distill.py`
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from invjax import data as data_lib
+from invjax import distill as distill_lib
+from invjax import train
+from invjax.attacks import gradient
+from invjax.flows import classifier as clf_lib
+from invjax.nets import cnn
+from launch import train_flow
+
+try:  # written by another engineer; the table skips (iii) without it
+  from invjax.attacks import latent as latent_lib  # pylint: disable=g-import-not-at-top
+except ImportError as e:  # pragma: no cover
+  latent_lib = None
+  _LATENT_IMPORT_ERROR = repr(e)
+
+
+def _augment(key, x):
+  """Random horizontal flips and 4-pixel reflect-padded random crops (NHWC floats)."""
+  b, h, w, c = x.shape
+  k_flip, k_crop = jax.random.split(key)
+  flip = jax.random.bernoulli(k_flip, 0.5, (b,))
+  x = jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
+  padded = jnp.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
+  offsets = jax.random.randint(k_crop, (b, 2), 0, 9)
+  crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c))
+  return jax.vmap(crop)(padded, offsets)
+
+
+def _batched(fn: Callable[[jax.Array], jax.Array], x: np.ndarray, bs: int) -> np.ndarray:
+  return np.concatenate([np.asarray(fn(jnp.asarray(x[i:i + bs]))) for i in range(0, len(x), bs)])
+
+
+def train_teacher(config, train_ds, test_ds, workdir: str):
+  """Trains (or resumes / loads) the teacher; returns (model, variables, test accuracy)."""
+  tc = config.teacher
+  model = cnn.make_teacher(tc.name, config.num_classes, **dict(tc.get("kwargs", {})))
+  key = jax.random.PRNGKey(config.seed)
+  variables = jax.jit(lambda k: cnn.init(model, k, train_ds.x.shape[1:]))(key)
+  params, model_state = train.split_variables(variables)
+  optimizer = train_flow.make_optimizer(tc)
+  state = train.TrainState.create(params, optimizer, jax.random.fold_in(key, 1), model_state)
+  logging.info("teacher %s: %d parameters", tc.name,
+               sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)))
+  loss_fn = cnn.make_loss_fn(model, augment_fn=_augment if tc.augment else None,
+                             weight_decay=tc.get("l2", 0.0))
+  step = train.make_train_step(loss_fn, optimizer, mutable=True, donate=True)
+  eval_step = train.make_eval_step(cnn.make_metric_fn(model))
+  state, metrics = train.train_loop(tc, state, step, train_ds, workdir, eval_step=eval_step,
+                                    eval_dataset=test_ds, progress=config.progress,
+                                    mesh=train_flow.maybe_mesh(config))
+  return model, state.variables, metrics["accuracy"]
+
+
+def distill_student(config, teacher_fn, train_ds, test_ds, workdir: str):
+  """Distils `teacher_fn` into the configured invertible classifier (resumable)."""
+  sc = config.student
+  image_shape = tuple(train_ds.x.shape[1:])
+  flow = train_flow.build_flow(sc.model, image_shape)
+  model = clf_lib.make_classifier(flow, config.num_classes, image_shape, head=sc.head)
+  key = jax.random.PRNGKey(config.seed + 1)
+  x_init = data_lib.to_float(train_ds.x[:sc.init_batch_size]) - sc.input_offset
+  variables = jax.jit(model.init)({"params": key, "logdet": key}, x_init)
+  logging.info("student %s/%s: %d parameters", sc.model.name, sc.head,
+               sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"])))
+  loop_cfg = {k: sc[k] for k in ("log_every", "checkpoint_every", "max_to_keep") if k in sc}
+  variables, _ = distill_lib.distill(
+      model, variables, teacher_fn, train_ds, key=jax.random.fold_in(key, 1),
+      num_steps=sc.num_steps, batch_size=sc.batch_size, optimizer=train_flow.make_optimizer(sc),
+      temperature=sc.temperature, alpha=sc.alpha, input_offset=sc.input_offset,
+      augment_fn=_augment if sc.augment else None, workdir=workdir, config=loop_cfg,
+      progress=config.progress, mesh=train_flow.maybe_mesh(config))
+  student_fn = jax.jit(distill_lib.student_logits_fn(model, variables,
+                                                     input_offset=sc.input_offset))
+  return model, variables, student_fn
+
+
+def _row(name: str, results: List[Any], teacher_fn, x, y, seconds: float) -> Dict[str, Any]:
+  """Success on the attacked model (white-box) and on the teacher, median distances."""
+  x_adv = np.concatenate([np.asarray(r.x_adv) for r in results])
+  white = np.concatenate([np.asarray(r.success) for r in results])
+  on_teacher = _batched(teacher_fn, x_adv, 256).argmax(1) != y
+  l2 = np.concatenate([np.asarray(r.l2) for r in results])
+  linf = np.concatenate([np.asarray(r.linf) for r in results])
+  return {"attack": name, "success_on_attacked": float(white.mean()),
+          "success_on_teacher": float(on_teacher.mean()),
+          "median_l2": float(np.median(l2)), "median_linf_255": float(np.median(linf) * 255),
+          "seconds": seconds}
+
+
+def transfer_table(config, teacher_fn, student_model, student_vars, student_fn, test_ds):
+  """The (i)/(ii)/(iii) rows for every (norm, epsilon) of `config.attack`."""
+  ac = config.attack
+  x_all = data_lib.to_float(test_ds.x)
+  pred = _batched(teacher_fn, np.asarray(x_all), 256).argmax(1)
+  keep = np.where(pred == test_ds.y)[0][:ac.num_examples]
+  x, y = np.asarray(x_all)[keep], test_ds.y[keep]
+  logging.info("attacking %d test images the teacher classifies correctly", len(keep))
+  bs = ac.batch_size
+  off = config.student.input_offset
+  encode = lambda v: student_model.apply(student_vars, v - off, method="encode")
+  decode = lambda z: student_model.apply(student_vars, z, method="decode") + off
+  head = student_model.apply(student_vars, method="linear_head")
+  rows = []
+  key = jax.random.PRNGKey(config.seed + 2)
+
+  def run(name, attack):
+    t0 = time.time()
+    results = []
+    for i in range(0, len(x), bs):
+      res = attack(jnp.asarray(x[i:i + bs]), jnp.asarray(y[i:i + bs]), jax.random.fold_in(key, i))
+      jax.block_until_ready(res.x_adv)
+      results.append(res)
+    return _row(name, results, teacher_fn, x, y, time.time() - t0)
+
+  for norm, eps in zip(ac.norms, ac.epsilons):
+    pgd_kw = dict(epsilon=eps, norm=norm, num_steps=ac.pgd_steps, step_size=2.5 * eps / ac.pgd_steps,
+                  num_restarts=1)
+    tag = f"{norm} eps={eps * 255:.1f}/255" if norm == "linf" else f"{norm} eps={eps:g}"
+    rows.append({"budget": tag, **run("(i) PGD on teacher", lambda xb, yb, k: gradient.pgd(
+        teacher_fn, xb, yb, key=k, early_stop=True, **pgd_kw))})
+    rows.append({"budget": tag, **run("(ii) PGD on student -> teacher", lambda xb, yb, k: gradient.pgd(
+        student_fn, xb, yb, key=k, early_stop=False, **pgd_kw))})
+    if latent_lib is None:
+      logging.warning("skipping (iii): invjax.attacks.latent not importable (%s)",
+                      _LATENT_IMPORT_ERROR)
+      continue
+    rows.append({"budget": tag, **run(
+        f"(iii) latent ({ac.latent_method}) on student -> teacher",
+        lambda xb, yb, k: latent_lib.latent_attack(
+            encode, decode, head, xb, yb, key=k, method=ac.latent_method, epsilon=eps, norm=norm,
+            kappa=ac.latent_kappa, num_candidates=ac.get("latent_candidates", None) or None))})
+  return rows, len(keep)
+
+
+def markdown(results: Dict[str, Any]) -> str:
+  lines = [f"teacher accuracy {results['teacher_accuracy']:.4f} | student accuracy "
+           f"{results['student_accuracy']:.4f} | agreement {results['agreement']:.4f} | "
+           f"{results['num_attacked']} attacked images", "",
+           "| budget | attack | success on attacked model | success on teacher | median L2 | "
+           "median Linf (/255) | time (s) |", "|---|---|---|---|---|---|---|"]
+  for r in results["transfer"]:
+    lines.append(f"| {r['budget']} | {r['attack']} | {r['success_on_attacked']:.3f} | "
+                 f"{r['success_on_teacher']:.3f} | {r['median_l2']:.3f} | "
+                 f"{r['median_linf_255']:.2f} | {r['seconds']:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
+def run_experiment(config, workdir: str, data_dir: str | None = None) -> Dict[str, Any]:
+  """The whole pipeline; returns (and writes) the results dict."""
+  t_start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  train_ds, test_ds = train_flow.load_data(config, data_dir)
+  teacher_dir = config.teacher.get("workdir", "") or os.path.join(workdir, "teacher")
+  teacher, teacher_vars, teacher_acc = train_teacher(config, train_ds, test_ds, teacher_dir)
+  teacher_fn = jax.jit(cnn.logits_fn(teacher, teacher_vars))
+  student, student_vars, student_fn = distill_student(
+      config, teacher_fn, train_ds, test_ds, os.path.join(workdir, "student"))
+  x_test = np.asarray(data_lib.to_float(test_ds.x))
+  student_pred = _batched(student_fn, x_test, 256).argmax(1)
+  results = {
+      "teacher_accuracy": float(teacher_acc),
+      "student_accuracy": float(np.mean(student_pred == test_ds.y)),
+      "agreement": distill_lib.agreement(teacher_fn, student_fn, x_test, batch_size=256),
+  }
+  logging.info("teacher acc %.4f, student acc %.4f, agreement %.4f",
+               results["teacher_accuracy"], results["student_accuracy"], results["agreement"])
+  rows, n = transfer_table(config, teacher_fn, student, student_vars, student_fn, test_ds)
+  results.update(transfer=rows, num_attacked=n, wall_s=time.time() - t_start)
+  with open(os.path.join(workdir, "transfer.md"), "w") as f:
+    f.write(markdown(results))
+  path = os.path.join(workdir, "results.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(results, f, indent=1)
+  os.replace(path + ".tmp", path)
+  return results
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  train.quiet_library_logs()
+  results = run_experiment(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
+  print(markdown(results))
+  print(f"({results['wall_s']:.1f} s)")
+
+
+if __name__ == "__main__":
+  train_flow.define_flags(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
+                                       "distill_smoke.py"))
+  app.run(main)

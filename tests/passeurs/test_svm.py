@@ -1,0 +1,206 @@
+"""Tests of invjax.passeurs.svm against LIBLINEAR (liblinear-official) and closed forms.
+
+All tests share one 300 x 20 feature matrix so that few XLA programs compile: the Newton and the
+dual CD programs for 3 classes, 2 classes and 10 classes (Newton), plus one jitted variant.
+"""
+import functools
+import warnings
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from liblinear import liblinearutil
+
+from invjax.checks import InvjaxError
+from invjax.passeurs import svm
+
+N, D = 300, 20
+
+
+def _data(num_classes, seed=0):
+  """Non-negative, partially separable features (ReLU of a class signal plus noise)."""
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, num_classes, N).astype(np.int32)
+  means = rng.normal(size=(num_classes, D))
+  x = np.maximum(0.6 * means[y] + rng.normal(size=(N, D)), 0.0)
+  return (0.3 * x).astype(np.float32), y
+
+
+X3, Y3 = _data(3)
+Y2 = (Y3 == 1).astype(np.int32)        # two classes, unbalanced
+X10, Y10 = _data(10, seed=1)
+
+
+def _numpy_objective(w, b, x, y, loss, c=1.0):
+  """LIBLINEAR's primal per class in float64, independent of the library."""
+  w, b, x = np.asarray(w, np.float64), np.asarray(b, np.float64), np.asarray(x, np.float64)
+  sign = np.where(y[:, None] == np.arange(w.shape[0]), 1.0, -1.0)
+  h = np.maximum(1.0 - sign * (x @ w.T + b), 0.0)
+  h = h * h if loss == "squared_hinge" else h
+  return 0.5 * (np.sum(w * w, 1) + b * b) + c * h.sum(0)
+
+
+@functools.lru_cache(maxsize=None)
+def _liblinear(which, loss, bias, eps):
+  """LIBLINEAR's (w [K, d], b [K]) in our class order, from its decision functions."""
+  x, y = {"3": (X3, Y3), "2": (X3, Y2), "10": (X10, Y10)}[which]
+  solver = {"squared_hinge": 1, "hinge": 3}[loss]
+  b_flag = 1 if bias else -1
+  prob = liblinearutil.problem(y.astype(np.float64), x.astype(np.float64), bias=b_flag)
+  param = liblinearutil.parameter(f"-s {solver} -c 1 -B {b_flag} -e {eps} -q")
+  model = liblinearutil.train(prob, param)
+  labels = [int(l) for l in model.get_labels()]
+  k = int(y.max()) + 1
+  w, b = np.zeros((k, D)), np.zeros(k)
+  if len(labels) == 2:     # LIBLINEAR's single binary model scores its first label
+    coef, bb = model.get_decfun(0)
+    w[labels[0]], b[labels[0]] = coef, bb
+    w[labels[1]], b[labels[1]] = -np.asarray(coef), -bb
+  else:
+    for i, lab in enumerate(labels):
+      coef, bb = model.get_decfun(i)
+      w[lab], b[lab] = coef, bb
+  return w, b
+
+
+def _data_for(which):
+  return {"3": (X3, Y3), "2": (X3, Y2), "10": (X10, Y10)}[which]
+
+
+@pytest.mark.parametrize("which", ["3", "2"])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("loss", ["squared_hinge", "hinge"])
+def test_matches_liblinear(loss, bias, which):
+  x, y = _data_for(which)
+  params, info = svm.fit(x, y, loss=loss, bias=bias, return_info=True)
+  assert params.w.shape == (int(y.max()) + 1, D) and params.b.shape == (int(y.max()) + 1,)
+  assert bool(np.all(info.converged))
+  if not bias:
+    np.testing.assert_array_equal(params.b, 0.0)
+  w_ref, b_ref = _liblinear(which, loss, bias, 1e-5)
+  ours = _numpy_objective(params.w, params.b, x, y, loss)
+  ref = _numpy_objective(w_ref, b_ref, x, y, loss)
+  np.testing.assert_array_less(np.abs(ours - ref) / ref, 1e-3)
+  pred_ref = np.argmax(x @ w_ref.T + b_ref, axis=1)
+  assert np.mean(np.asarray(svm.predict(params, x)) == pred_ref) >= 0.995
+  # Our own objective function agrees with the independent float64 one.
+  np.testing.assert_allclose(svm.primal_objective(params, x, y, loss=loss), ours, rtol=1e-5)
+
+
+def test_ten_classes_matches_liblinear():
+  params = svm.fit(X10, Y10)
+  w_ref, b_ref = _liblinear("10", "squared_hinge", False, 1e-5)
+  ours = _numpy_objective(params.w, params.b, X10, Y10, "squared_hinge")
+  ref = _numpy_objective(w_ref, b_ref, X10, Y10, "squared_hinge")
+  np.testing.assert_array_less(np.abs(ours - ref) / ref, 1e-4)
+  np.testing.assert_allclose(params.w, w_ref, atol=2e-3 * np.abs(w_ref).max())
+  assert np.mean(np.asarray(svm.predict(params, X10)) == np.argmax(X10 @ w_ref.T, 1)) >= 0.995
+
+
+def test_at_least_as_good_as_liblinear_defaults():
+  """LIBLINEAR `-s 1 -c 1` with its default -e 0.1 stops earlier: we reach a lower objective."""
+  params = svm.fit(X3, Y3)
+  w_ref, b_ref = _liblinear("3", "squared_hinge", False, 0.1)
+  ours = _numpy_objective(params.w, params.b, X3, Y3, "squared_hinge")
+  ref = _numpy_objective(w_ref, b_ref, X3, Y3, "squared_hinge")
+  assert np.all(ours <= ref * (1 + 1e-6))
+  assert np.mean(np.asarray(svm.predict(params, X3)) == np.argmax(X3 @ w_ref.T, 1)) >= 0.99
+
+
+def test_binary_is_one_model():
+  params = svm.fit(X3, Y2, bias=True)
+  np.testing.assert_allclose(params.w[0], -params.w[1])
+  np.testing.assert_allclose(params.b[0], -params.b[1])
+
+
+@pytest.mark.parametrize("loss,solver,rtol", [("squared_hinge", "newton", 1e-4),
+                                              ("squared_hinge", "dual_cd", 1e-3),
+                                              ("hinge", "dual_cd", 1e-3)])
+def test_duality_gap_vanishes(loss, solver, rtol):
+  params, info = svm.fit(X3, Y3, loss=loss, solver=solver, bias=True, return_info=True)
+  primal = svm.primal_objective(params, X3, Y3, loss=loss)
+  gap = svm.duality_gap(params, info.alpha, X3, Y3, loss=loss, bias=True)
+  assert np.all(np.asarray(gap) >= -1e-4 * np.asarray(primal))      # weak duality
+  np.testing.assert_array_less(np.asarray(gap) / np.asarray(primal), rtol)
+  alpha = np.asarray(info.alpha)
+  assert alpha.min() >= 0 and (loss == "squared_hinge" or alpha.max() <= 1.0 + 1e-6)
+
+
+def test_objectives_closed_form():
+  """At w = 0 every margin is 0: P = C n for both losses; D(0) = 0, so the gap is C n."""
+  zero = svm.SVMParams(jnp.zeros((3, D)), jnp.zeros(3))
+  for loss in svm.LOSSES:
+    np.testing.assert_allclose(svm.primal_objective(zero, X3, Y3, C=2.0, loss=loss), 2.0 * N)
+    np.testing.assert_allclose(
+        svm.duality_gap(zero, jnp.zeros((3, N)), X3, Y3, C=2.0, loss=loss), 2.0 * N)
+
+
+def test_decision_function_and_predict():
+  params = svm.fit(X3, Y3, bias=True)
+  scores = np.asarray(X3, np.float64) @ np.asarray(params.w, np.float64).T + np.asarray(params.b)
+  np.testing.assert_allclose(svm.decision_function(params, X3), scores, rtol=1e-5, atol=1e-5)
+  pred = svm.predict(params, X3)
+  assert pred.dtype == jnp.int32
+  np.testing.assert_array_equal(pred, np.argmax(scores, 1))
+  # Params also read like a mapping (as the poisoning code expects).
+  assert params["w"] is params.w and params.get("b") is params.b and params.get("x") is None
+
+
+def test_warm_start_and_dual_cd_agree():
+  params, info = svm.fit(X3, Y3, return_info=True)
+  warm, winfo = svm.fit(X3, Y3, init=params, return_info=True)
+  assert int(np.max(winfo.iterations)) <= 1 < int(np.max(info.iterations))
+  dcd = svm.fit(X3, Y3, solver="dual_cd", tol=1e-4)
+  np.testing.assert_allclose(dcd.w, params.w, atol=1e-3 * float(np.abs(params.w).max()))
+  np.testing.assert_allclose(warm.w, params.w, atol=1e-3 * float(np.abs(params.w).max()))
+
+
+def test_not_converged_warns():
+  with pytest.warns(RuntimeWarning, match="did not reach"):
+    _, info = svm.fit(X3, Y3, max_iter=1, tol=1e-7, return_info=True)
+  assert not bool(np.all(info.converged))
+
+
+class JitTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_jit(self):
+    fit = self.variant(lambda x, y: svm.fit(x, y, num_classes=3, bias=True))
+    params = fit(jnp.asarray(X3), jnp.asarray(Y3))
+    w_ref, b_ref = _liblinear("3", "squared_hinge", True, 1e-5)
+    ours = _numpy_objective(params.w, params.b, X3, Y3, "squared_hinge")
+    ref = _numpy_objective(w_ref, b_ref, X3, Y3, "squared_hinge")
+    np.testing.assert_array_less(np.abs(ours - ref) / ref, 1e-3)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(features=np.where(np.arange(N * D).reshape(N, D) == 7, np.nan, X3)), "NaN"),
+    (dict(features=np.where(np.arange(N * D).reshape(N, D) == 7, np.inf, X3)), "infinite"),
+    (dict(features=X3[:, 0]), "rank 2"),
+    (dict(labels=Y3[:-1]), r"labels must have shape \(300,\)"),
+    (dict(labels=Y3.astype(np.float32)), "integer"),
+    (dict(labels=np.zeros(N, np.int32)), "at least 2 classes"),
+    (dict(labels=Y3 - 1), "labels must lie in"),
+    (dict(C=0.0), "C must be > 0"),
+    (dict(C=-1.0), "C must be > 0"),
+    (dict(loss="log"), "loss must be one of"),
+    (dict(loss="hinge", solver="newton"), "not differentiable"),
+    (dict(solver="sgd"), "solver must be one of"),
+    (dict(max_iter=0), "max_iter"),
+])
+def test_bad_inputs(kwargs, match):
+  args = dict(features=X3, labels=Y3)
+  args.update(kwargs)
+  with pytest.raises(InvjaxError, match=match):
+    svm.fit(args.pop("features"), args.pop("labels"), **args)
+
+
+def test_decision_function_checks_width():
+  params = svm.SVMParams(jnp.zeros((3, D)), jnp.zeros(3))
+  with pytest.raises(InvjaxError, match="columns"):
+    svm.decision_function(params, X3[:, :5])
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert svm.predict(params, X3).shape == (N,)
