@@ -1,18 +1,21 @@
 """The `Dataset` record and its validation (uint8 NHWC images, integer labels)."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import dataclasses
+from typing import Optional
 
 import numpy as np
 
 from invjax.checks import InvjaxError
 
 
-class Dataset(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Dataset:
   """Images as stored on disk.
 
   x: uint8 [N, H, W, C]; y: int32 [N]; index: int32 [N], the position of each
   image in its official split (so poisoned copies can be diffed against the clean set).
+  `len(ds)` is the number of examples; `x, y, index = ds` unpacks the arrays.
   """
   x: np.ndarray
   y: np.ndarray
@@ -20,6 +23,14 @@ class Dataset(NamedTuple):
 
   def __len__(self):
     return int(self.x.shape[0])
+
+  def __iter__(self):
+    return iter((self.x, self.y, self.index))
+
+  def replace(self, **changes) -> "Dataset":
+    return dataclasses.replace(self, **changes)
+
+  _replace = replace  # NamedTuple-style spelling
 
   def take(self, idx) -> "Dataset":
     idx = np.asarray(idx)

@@ -1,1 +1,24 @@
-"""invjax.flows."""
+"""Invertible layers and models.
+
+Every layer and model follows one contract (see `chain.py`):
+  y, log_det = model.apply(variables, x)                       # log|det dy/dx|, shape [batch]
+  x, log_det_inv = model.apply(variables, y, method="inverse")
+Estimated log-dets (i-ResNet power series / Russian roulette) take `rngs={"logdet": key}`.
+"""
+from invjax.flows.activations import ELU, LipSwish
+from invjax.flows.actnorm import ActNorm
+from invjax.flows.chain import Chain
+from invjax.flows.classifier import (InvertibleClassifier, cross_entropy, hybrid_loss,
+                                     make_classifier, nll_bits_per_dim)
+from invjax.flows.conv1x1 import Conv1x1
+from invjax.flows.coupling import AdditiveCoupling, AffineCoupling
+from invjax.flows.distrax_adapter import FlowBijector, to_distrax
+from invjax.flows.fixed_point import FixedPointInfo, check_converged, fixed_point
+from invjax.flows.glow import Glow, RealNVP
+from invjax.flows.iresnet import IResNet, IResNetBlock
+from invjax.flows.irevnet import IRevNet, IRevNetBlock
+from invjax.flows.logdet import exact_logdet, power_series_logdet, russian_roulette_logdet
+from invjax.flows.multiscale import (MultiScale, bits_per_dim, standard_normal_logpdf,
+                                     uniform_dequantize)
+from invjax.flows.spectral_norm import SpectralConv, SpectralDense
+from invjax.flows.squeeze import Squeeze

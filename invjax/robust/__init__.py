@@ -1,1 +1,4 @@
-"""invjax.robust."""
+"""Robustness quantities: Lipschitz bounds (local lower, composed upper) and certified radii."""
+from invjax.robust.lipschitz import (certified_accuracy, certified_radius, compose_upper,
+                                     global_lipschitz_lower, iresnet_upper_bounds, local_lipschitz,
+                                     residual_block_bounds, spectral_norm)

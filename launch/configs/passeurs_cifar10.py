@@ -5,7 +5,9 @@ r"""Passeurs on full CIFAR-10 (50,000 train; test 0-4999 public, 5000-9999 priva
 
 (`--data_dir=''` loads tensorflow-datasets' cifar10 instead.) EfficientNet-Lite0 features at
 32x32, LIBLINEAR `-s 1 -c 1` as the SVM, 3 sign-gradient steps (L_inf <= 3/255), audit with
-8 random splits. Measured on a shared 2-core CPU: see README / results.md in the workdir.
+8 random splits. Measured on a shared, heavily loaded 2-core CPU (55 min wall):
+public / private accuracy clean 50.90 / 49.04%, k=1 62.46 / 45.40%, k=2 62.88 / 43.80%,
+k=3 63.60 / 42.44% (L_inf 1, 2, 3 /255); the audit flags the k=3 set, not the clean one.
 """
 import ml_collections
 
@@ -14,7 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.dataset = "cifar10"
-  config.data_dir = "/work/shared/data/cifar10"
+  config.data_dir = ""  # --data_dir: a folder of .npz files; empty: tensorflow-datasets
   config.train_limit = 0  # 0: all 50,000
   config.test_limit = 0
   config.public_boundary = 5000
@@ -25,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.methods = "sign"
   config.margin = "ovr_hinge"
   config.rotation_delta = 0.5
-  config.svm_backend = "liblinear"
+  config.svm_backend = "invjax"  # or "liblinear" (the reference package)
   config.svm_C = 1.0
   config.svm_tol = ml_collections.config_dict.placeholder(float)
   config.audit = True

@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.methods = "sign"  # "sign", "rotation" or "sign,rotation"
   config.margin = "ovr_hinge"
   config.rotation_delta = 0.5
-  config.svm_backend = "invjax"  # or "liblinear" (reference package, faster on a CPU)
+  config.svm_backend = "invjax"  # or "liblinear" (the reference package, for comparison)
   config.svm_C = 1.0
   config.svm_tol = ml_collections.config_dict.placeholder(float)  # None: backend default
   config.audit = True

@@ -45,6 +45,16 @@ def test_local_dir_parts_joined_in_order(tmp_path):
   np.testing.assert_array_equal(back.index, tr.index)
 
 
+def test_dataset_len_take_replace():
+  tr = data.load("cifar10_mini", "train")
+  assert len(tr) == 1000
+  sub = tr.take(np.arange(5))
+  assert len(sub) == 5
+  flipped = sub._replace(x=255 - sub.x)
+  np.testing.assert_array_equal(flipped.x, 255 - sub.x)
+  np.testing.assert_array_equal(flipped.y, sub.y)
+
+
 def test_batches_deterministic_and_cover_epoch():
   tr = data.load("cifar10_mini", "train")
   key = jax.random.PRNGKey(3)

@@ -25,9 +25,10 @@ def test_resnet18_has_the_reference_parameter_count():
 def test_small_cnn_normalises_inside():
   x = jax.random.uniform(jax.random.PRNGKey(1), (2, 8, 8, 3))
   model = cnn.SmallCNN(widths=(4,))
-  variables = cnn.init(model, jax.random.PRNGKey(0), (8, 8, 3))
-  logits, inter = model.apply(variables, x, mutable=["intermediates"],
-                              capture_intermediates=lambda mdl, _: mdl.name == "Conv_0")
+  variables = jax.jit(lambda k: cnn.init(model, k, (8, 8, 3)))(jax.random.PRNGKey(0))
+  logits, inter = jax.jit(lambda v, x: model.apply(
+      v, x, mutable=["intermediates"],
+      capture_intermediates=lambda mdl, _: mdl.name == "Conv_0"))(variables, x)
   assert logits.shape == (2, 10)
   # Independent reference for the first layer: lax convolution of the hand-normalised input.
   mean, std = np.array(cnn.CIFAR10_MEAN), np.array(cnn.CIFAR10_STD)
@@ -48,7 +49,7 @@ def test_small_cnn_normalises_inside():
 ])
 def test_bad_inputs(bad, match):
   model = cnn.SmallCNN(widths=(4,))
-  variables = cnn.init(model, jax.random.PRNGKey(0), (8, 8, 3))
+  variables = jax.eval_shape(lambda: cnn.init(model, jax.random.PRNGKey(0), (8, 8, 3)))
   with pytest.raises(InvjaxError, match=match):
     model.apply(variables, bad)
   with pytest.raises(InvjaxError, match="unknown teacher"):
@@ -76,7 +77,7 @@ def test_tiny_resnet_trains_and_updates_batch_stats():
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
   # Eval mode uses the running statistics: logits differ from train mode, accuracy from
   # the eval step equals the argmax of logits_fn.
-  fn = cnn.logits_fn(model, state.variables)
+  fn = jax.jit(cnn.logits_fn(model, state.variables))
   x = jnp.asarray(batch["x"], jnp.float32) / 255.0
   acc = eval_step(state, batch)["accuracy"]
   np.testing.assert_array_equal(acc, (np.argmax(fn(x), 1) == batch["y"]).astype(np.float32))
