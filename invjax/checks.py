@@ -96,3 +96,15 @@ def check_in_open_interval(value, lo: float, hi: float, name: str) -> None:
     v = float(np.asarray(value))
     if not (lo < v < hi):
       raise InvjaxError(f"{name} must lie in the open interval ({lo}, {hi}), got {v}")
+
+
+def check_flow_input(module, x, name: str, *, rank: int | Sequence[int] | None = None) -> None:
+  """Checks a flow layer's input: rank (when given) and float dtype always; finiteness only
+  when `module` is the top-level module (a user's call), so nested layers of a model do not
+  re-check (and re-transfer) the same array at every layer."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  if rank is not None:
+    check_rank(x, rank, name)
+  check_floating(x, name)
+  if not isinstance(module.parent, nn.Module):
+    check_finite(x, name)

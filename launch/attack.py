@@ -23,7 +23,6 @@ distance <= epsilon` (the usual robustness curve).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -42,6 +41,7 @@ import numpy as np
 import optax
 
 from invjax import data as data_lib
+from invjax import io
 from invjax import train
 from invjax.attacks import gradient
 from invjax.attacks import invariance
@@ -274,8 +274,7 @@ def _plot_curves(rows, epsilons, norm, path):
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  io.save_figure(fig, path, dpi=100)
 
 
 def _plot_grid(rows_of_images, titles, path, num=8):
@@ -295,8 +294,7 @@ def _plot_grid(rows_of_images, titles, path, num=8):
       if c == 0:
         ax.set_ylabel(title, fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+  io.save_figure(fig, path, dpi=80)
 
 
 def _diff_image(x, x_adv):
@@ -380,10 +378,8 @@ def run(config, workdir: str, data_dir: str | None = None) -> Dict[str, Any]:
               f"{inv['same_prediction_as_x1']:.2f} of pairs (max logit change "
               f"{inv['max_logit_change']:.2e}); median L2 to x1 {inv['median_l2_to_x1']:.3f}, "
               f"to x2 {inv['median_l2_to_x2']:.3f}.\n")
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(header + table)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(out, f, indent=1)
+  io.write_text(os.path.join(workdir, "results.md"), header + table)
+  io.write_json(os.path.join(workdir, "results.json"), out)
   if rows:
     _plot_curves(rows, epsilons, config.norm, os.path.join(workdir, "success_vs_epsilon.png"))
   out["files"] = ["results.md", "results.json"] + (["success_vs_epsilon.png"] if rows else []) + grids

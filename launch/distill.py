@@ -22,7 +22,6 @@ Writes `results.json` and `transfer.md` in `--workdir`; a rerun resumes/reuses.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -39,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from invjax import data as data_lib
+from invjax import io
 from invjax import distill as distill_lib
 from invjax import train
 from invjax.attacks import gradient
@@ -205,12 +205,8 @@ def run_experiment(config, workdir: str, data_dir: str | None = None) -> Dict[st
                results["teacher_accuracy"], results["student_accuracy"], results["agreement"])
   rows, n = transfer_table(config, teacher_fn, student, student_vars, student_fn, test_ds)
   results.update(transfer=rows, num_attacked=n, wall_s=time.time() - t_start)
-  with open(os.path.join(workdir, "transfer.md"), "w") as f:
-    f.write(markdown(results))
-  path = os.path.join(workdir, "results.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(results, f, indent=1)
-  os.replace(path + ".tmp", path)
+  io.write_text(os.path.join(workdir, "transfer.md"), markdown(results))
+  io.write_json(os.path.join(workdir, "results.json"), results)
   return results
 
 

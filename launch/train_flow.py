@@ -13,7 +13,6 @@ config's `dataset` is used (the embedded `cifar10_mini`, or tfds `cifar10`).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -33,6 +32,7 @@ import numpy as np
 import optax
 
 from invjax import data as data_lib
+from invjax import io
 from invjax import parallel
 from invjax import train
 from invjax.checks import InvjaxError
@@ -161,10 +161,7 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None) -> Dic
 
 def write_results(workdir: str, results: Dict[str, Any]) -> None:
   """`workdir/results.json`, written atomically."""
-  path = os.path.join(workdir, "results.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(results, f, indent=1)
-  os.replace(path + ".tmp", path)
+  io.write_json(os.path.join(workdir, "results.json"), results)
 
 
 FLAGS = flags.FLAGS

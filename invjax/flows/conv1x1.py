@@ -68,10 +68,7 @@ class Conv1x1(nn.Module):
     return l, u, log_s
 
   def _check(self, x, name):
-    checks.check_rank(x, (2, 4), name)
-    checks.check_floating(x, name)
-    if not isinstance(self.parent, nn.Module):
-      checks.check_finite(x, name)
+    checks.check_flow_input(self, x, name, rank=(2, 4))
 
   @staticmethod
   def _log_det(x, log_s):

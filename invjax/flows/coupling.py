@@ -115,10 +115,7 @@ class _Coupling(nn.Module):
   hidden: int = 64
 
   def _check(self, x, name):
-    checks.check_rank(x, (2, 4), name)
-    checks.check_floating(x, name)
-    if not isinstance(self.parent, nn.Module):
-      checks.check_finite(x, name)
+    checks.check_flow_input(self, x, name, rank=(2, 4))
     if self.mask not in MASKS:
       raise checks.InvjaxError(f"mask must be one of {MASKS}, got {self.mask!r}")
     if x.shape[-1] < 2 and (x.ndim == 2 or self.mask == "channel"):

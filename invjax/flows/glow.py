@@ -58,9 +58,7 @@ class _MultiScaleModel(nn.Module):
     return COUPLINGS[self.coupling](**kwargs)
 
   def _check(self, v, name):
-    checks.check_floating(v, name)
-    if not isinstance(self.parent, nn.Module):
-      checks.check_finite(v, name)
+    checks.check_flow_input(self, v, name)
 
   def latent_shapes(self):
     """The `(H_i, W_i, C_i)` of each factored-out part of the flat latent, in order."""

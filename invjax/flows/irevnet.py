@@ -62,11 +62,8 @@ class IRevNetBlock(nn.Module):
     self.branch = ResidualBranch(self.hidden)
 
   def _check(self, v, name):
-    checks.check_rank(v, 4, name)
-    checks.check_floating(v, name)
+    checks.check_flow_input(self, v, name, rank=4)
     _check_even_channels(v, name)
-    if not isinstance(self.parent, nn.Module):
-      checks.check_finite(v, name)
 
   def __call__(self, x):
     """`x` `[B, H, W, C]` -> `(y, zeros [B])`; `y` is `[B, H/2, W/2, 4C]` if downsampling."""
@@ -107,10 +104,7 @@ class IRevNet(nn.Module):
     self.blocks = blocks
 
   def _check(self, v, name):
-    checks.check_rank(v, 4, name)
-    checks.check_floating(v, name)
-    if not isinstance(self.parent, nn.Module):
-      checks.check_finite(v, name)
+    checks.check_flow_input(self, v, name, rank=4)
 
   def __call__(self, x):
     """`x` `[B, H, W, C]` -> `(z [B, H', W', C'] with H'W'C' = HWC, zeros [B])`."""

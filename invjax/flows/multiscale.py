@@ -113,10 +113,8 @@ class MultiScale(nn.Module):
     return multiscale_latent_shapes(self.levels, self.image_shape)
 
   def _check(self, v, name, shape):
-    checks.check_floating(v, name)
+    checks.check_flow_input(self, v, name)
     checks.check_shape(v, (None,) + tuple(shape), name)
-    if not isinstance(self.parent, nn.Module):
-      checks.check_finite(v, name)
 
   def __call__(self, x):
     """`x` `[B, H, W, C]` -> `(y [B, H*W*C] flat latent, log_det [B])`."""

@@ -65,15 +65,11 @@ class Squeeze(nn.Module):
   factor: int = 2
 
   def __call__(self, x):
-    checks.check_floating(x, "x")
-    if not isinstance(self.parent, nn.Module):
-      checks.check_finite(x, "x")
+    checks.check_flow_input(self, x, "x")
     y = squeeze2d(x, self.factor)
     return y, jnp.zeros((x.shape[0],), jnp.result_type(x))
 
   def inverse(self, y):
-    checks.check_floating(y, "y")
-    if not isinstance(self.parent, nn.Module):
-      checks.check_finite(y, "y")
+    checks.check_flow_input(self, y, "y")
     x = unsqueeze2d(y, self.factor)
     return x, jnp.zeros((y.shape[0],), jnp.result_type(y))

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from invjax import data as data_lib
+from invjax import io
 from invjax.checks import InvjaxError
 from invjax.data.dataset import Dataset
 from invjax.passeurs import poison
@@ -413,13 +414,6 @@ def results_markdown(rows: List[Dict[str, Any]]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def plot_accuracy(rows: List[Dict[str, Any]], path: str) -> None:
   """Public and private accuracy vs number of steps, one line pair per method (PNG)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -440,10 +434,7 @@ def plot_accuracy(rows: List[Dict[str, Any]], path: str) -> None:
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=120)
-  plt.close(fig)
-  os.replace(tmp, path)
+  io.save_figure(fig, path, dpi=120)
 
 
 def plot_examples(clean: np.ndarray, poisoned: np.ndarray, path: str, *, n: int = 8) -> None:
@@ -464,10 +455,7 @@ def plot_examples(clean: np.ndarray, poisoned: np.ndarray, path: str, *, n: int 
   for r, name in enumerate(("clean", "poisoned", "diff (amplified)")):
     axes[r, 0].set_title(name, fontsize=7, loc="left")
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=120)
-  plt.close(fig)
-  os.replace(tmp, path)
+  io.save_figure(fig, path, dpi=120)
 
 
 def write_artifacts(result: ExperimentResult, workdir: str) -> Dict[str, str]:
@@ -480,8 +468,8 @@ def write_artifacts(result: ExperimentResult, workdir: str) -> Dict[str, str]:
   paths = {"results_md": os.path.join(workdir, "results.md"),
            "results_json": os.path.join(workdir, "results.json"),
            "plot": os.path.join(workdir, "accuracy_vs_steps.png")}
-  _atomic_write(paths["results_md"], results_markdown(result.rows))
-  _atomic_write(paths["results_json"],
+  io.write_text(paths["results_md"], results_markdown(result.rows))
+  io.write_text(paths["results_json"],
                 json.dumps({"rows": result.rows, "config": result.config}, indent=2, default=str))
   plot_accuracy(result.rows, paths["plot"])
   for method, by_k in result.poisoned.items():
@@ -527,7 +515,7 @@ def write_audit(reports: Dict[str, Any], workdir: str) -> str:
   os.makedirs(workdir, exist_ok=True)
   md = "\n\n".join(f"### {name}\n```\n{r.summary()}\n```" for name, r in reports.items())
   path = os.path.join(workdir, "audit.md")
-  _atomic_write(path, md + "\n")
-  _atomic_write(os.path.join(workdir, "audit.json"), json.dumps(
+  io.write_text(path, md + "\n")
+  io.write_text(os.path.join(workdir, "audit.json"), json.dumps(
       {n: dataclasses.asdict(r) for n, r in reports.items()}, indent=2))
   return path
