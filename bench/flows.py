@@ -14,7 +14,7 @@ r"""Benchmark: i-ResNet fixed-point inverses, measured Lipschitz constants, flow
     i-ResNet (`invjax.flows.iresnet.smoke()`: 2x2 blocks, hidden 32, power-series log-det with 5
     terms, Neumann gradient) plus the same i-ResNet with the Russian-roulette estimator.
 
-  cd /work/main && .venv/bin/python -m bench.flows --out /tmp/flows_bench.md
+  .venv/bin/python -m bench.flows --out /tmp/flows_bench.md
   .venv/bin/python -m bench.flows --coeffs 0.9 --skip_throughput        # quick
 """
 from __future__ import annotations

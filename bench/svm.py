@@ -16,7 +16,7 @@ reference. Data: a synthetic CNN-like matrix (non-negative, ReLU of a correlated
 plus noise, 10 partially separable classes), or `--features file.npz` with arrays `features`
 [n, d] and `labels` [n].
 
-  cd /work/main && .venv/bin/python bench/svm.py                  # 50,000 x 1,280, 10 classes
+  .venv/bin/python bench/svm.py                  # 50,000 x 1,280, 10 classes
   .venv/bin/python bench/svm.py --n 5000 --d 256                  # quick
   .venv/bin/python bench/svm.py --features feats.npz --out svm_bench.md
 """

@@ -2,7 +2,7 @@ r"""Teacher CNN -> invertible student distillation, then the attack TRANSFER tab
 
   python -m launch.distill --config=launch/configs/distill_smoke.py --workdir=/tmp/distill_smoke
   python -m launch.distill --config=launch/configs/distill_cifar10.py \
-      --workdir=runs/distill --data_dir=/work/shared/data/cifar10
+      --workdir=runs/distill --data_dir=../shared/data/cifar10
 
 1. Trains the teacher (`config.teacher`, a CNN from `invjax.nets.cnn.TEACHERS`)
    in `<workdir>/teacher` (or `config.teacher.workdir`: an existing run is

@@ -1,10 +1,10 @@
 r"""Attacks a trained CIFAR-10 invertible classifier (a workdir of launch/train_classifier.py).
 
   python -m launch.train_classifier --config=launch/configs/classifier_cifar10.py:iresnet \
-      --workdir=runs/clf_iresnet --data_dir=/work/shared/data/cifar10
+      --workdir=runs/clf_iresnet --data_dir=../shared/data/cifar10
   python -m launch.attack --config=launch/configs/attack_cifar10.py:iresnet \
       --config.checkpoint_dir=runs/clf_iresnet --workdir=runs/attack_iresnet \
-      --data_dir=/work/shared/data/cifar10
+      --data_dir=../shared/data/cifar10
 
 The model fields (`model`, `head`, `slice_dims`, `num_classes`, `dataset`) are copied
 from `launch/configs/classifier_cifar10.py:<model>` (iresnet, irevnet or glow), so

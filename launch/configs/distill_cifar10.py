@@ -1,11 +1,11 @@
 r"""Full CIFAR-10: ResNet-18 teacher -> i-RevNet student, then the transfer table (GPU/TPU).
 
   python -m launch.distill --config=launch/configs/distill_cifar10.py \
-      --workdir=runs/distill_cifar10 --data_dir=/work/shared/data/cifar10
+      --workdir=runs/distill_cifar10 --data_dir=../shared/data/cifar10
   # reuse a finished teacher run:
   python -m launch.distill --config=launch/configs/distill_cifar10.py \
       --config.teacher.workdir=runs/distill_cifar10/teacher --workdir=runs/distill_cifar10_b \
-      --data_dir=/work/shared/data/cifar10
+      --data_dir=../shared/data/cifar10
 
 Without `--data_dir` the data come from tensorflow-datasets (`cifar10`). Data
 parallel over all local devices; relaunching the same command resumes.

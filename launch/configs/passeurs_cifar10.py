@@ -1,7 +1,7 @@
 r"""Passeurs on full CIFAR-10 (50,000 train; test 0-4999 public, 5000-9999 private).
 
   python -m launch.passeurs --config=launch/configs/passeurs_cifar10.py \
-    --data_dir=/work/shared/data/cifar10 --workdir=/work/runs/passeurs_cifar10
+    --data_dir=../shared/data/cifar10 --workdir=runs/passeurs_cifar10
 
 (`--data_dir=''` loads tensorflow-datasets' cifar10 instead.) EfficientNet-Lite0 features at
 32x32, LIBLINEAR `-s 1 -c 1` as the SVM, 3 sign-gradient steps (L_inf <= 3/255), audit with
