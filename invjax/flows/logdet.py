@@ -103,12 +103,23 @@ def _untile_mean(v: Array, n: int) -> Array:
   return v if n == 1 else v.reshape(n, -1).mean(axis=0)
 
 
+# XLA:CPU runs the convolutions of a vjp inside a while loop (a rolled scan) far slower than
+# straight-line ones (smoke i-ResNet block, batch 16: 5-term series 144 ms rolled vs 39 ms
+# unrolled), so short series (the fixed power series) are unrolled; long ones (the masked
+# 40-term roulette scan) stay loops to bound compile time.
+_MAX_UNROLL = 10
+
+
+def _unroll(n: int) -> int:
+  return int(n) if int(n) <= _MAX_UNROLL else 1
+
+
 def _series_scan(vjp_fn, v: Array, coefs: Array) -> Array:
   """`sum_k coefs[k-1] * v^T J^k v` for k = 1..len(coefs), per example, via VJPs."""
   def body(w, c):
     w = vjp_fn(w)
     return w, c * _bdot(w, v)
-  _, terms = lax.scan(body, v, coefs)
+  _, terms = lax.scan(body, v, coefs, unroll=_unroll(coefs.shape[0]))
   return jnp.sum(terms, axis=0)
 
 
@@ -159,7 +170,8 @@ def power_series_logdet(g: GFn, params, x: Array, key: Array, *, n_terms: int = 
     w = vjp_c(w)[0]
     return (w, w_sum), c * _bdot(w, v)
 
-  (_, w_sum), terms = lax.scan(body, (v, jnp.zeros_like(v)), (coefs, neumann))
+  (_, w_sum), terms = lax.scan(body, (v, jnp.zeros_like(v)), (coefs, neumann),
+                               unroll=_unroll(n_terms))
   est = jnp.sum(terms, axis=0) + _neumann_surrogate(g, params, xs, v, w_sum)
   return _untile_mean(est, n_samples).reshape(batch)
 
