@@ -7,7 +7,8 @@ Every attack follows the invjax contract
 where `logits_fn(x) -> logits [batch, classes]` is any JAX function of a batch
 of float inputs in [0, 1] (NHWC images or `[batch, d]` vectors) and `y` holds int
 labels `[batch]` (the *targets* when `targeted=True`). The optimisation runs in
-one compiled `lax.while_loop` (no Python loop per step); the whole attack is
+one compiled program (no Python loop per step: a `lax.while_loop` on accelerators,
+straight-line steps on CPU, see `invjax.loops`); the whole attack is
 jit-able: wrap it in `jax.jit` with `logits_fn` closed over and the
 structural budget (`num_steps`, `norm`, `targeted`, ...) static. `epsilon` and
 `step_size` may be traced and may be given per example (`[batch]`).
@@ -36,6 +37,7 @@ import numpy as np
 import optax
 
 from invjax import checks
+from invjax import loops
 from invjax.attacks.result import AttackResult, from_adversarial, is_adversarial
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -236,7 +238,7 @@ def _fgsm(logits_fn, x, y, epsilon, *, norm, targeted, loss):
 def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array], epsilon,
         step_size=None, num_steps: int = 40, norm: str = "linf", random_start: bool = True,
         early_stop: bool = True, targeted: bool = False, num_restarts: int = 1,
-        loss: str = "ce") -> AttackResult:
+        loss: str = "ce", unroll: Optional[bool] = None) -> AttackResult:
   """Projected gradient descent (Madry et al. 2018), L_inf or L2, in one compiled loop.
 
   Each step: x <- Proj_{B(x0, eps) ∩ [0,1]^n}(x + step_size * d), with d the
@@ -261,6 +263,10 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Ar
     num_restarts: independent random restarts (static); an example broken by one
       restart is kept, later restarts only work on the remaining ones.
     loss: "ce" or "margin" (static).
+    unroll: trace the `num_steps * num_restarts` steps as straight-line code instead of a
+      `lax.while_loop` (same result; no early exit of the whole batch). None: unroll on
+      CPU up to 100 steps in all, as XLA:CPU runs convolutions inside loops ~3x slower
+      (`invjax.loops`).
 
   Returns:
     AttackResult; `num_grad_evals` is int32 [batch]: the gradient evaluations
@@ -283,14 +289,14 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Ar
       jnp.asarray(step_size, jnp.float32), (batch,))
   return _pgd(logits_fn, jnp.asarray(x), jnp.asarray(y), key, eps, alpha, num_steps=num_steps,
               norm=norm, random_start=random_start, early_stop=early_stop, targeted=targeted,
-              num_restarts=num_restarts, loss=loss)
+              num_restarts=num_restarts, loss=loss, unroll=loops.resolve_unroll(unroll, num_steps * num_restarts))
 
 
 @functools.partial(jax.jit, static_argnames=(
     "logits_fn", "num_steps", "norm", "random_start", "early_stop", "targeted", "num_restarts",
-    "loss"))
+    "loss", "unroll"))
 def _pgd(logits_fn, x, y, key, eps, alpha, *, num_steps, norm, random_start, early_stop,
-         targeted, num_restarts, loss):
+         targeted, num_restarts, loss, unroll):
   """The compiled PGD loop; `eps` and `alpha` are float [batch]."""
   batch = x.shape[0]
   chex.assert_shape([y, eps, alpha], (batch,))
@@ -301,12 +307,11 @@ def _pgd(logits_fn, x, y, key, eps, alpha, *, num_steps, norm, random_start, ear
     start = _random_start(jax.random.fold_in(key, r), x, eps, norm) if random_start else x
     x_cur = jnp.where(_per_example(won, x.ndim) > 0, x_best, start)
 
-    def cond(state):
-      i, _, frozen, _ = state
-      return (i < num_steps) & ~jnp.all(frozen)
+    def not_all_frozen(state):
+      return ~jnp.all(state[1])
 
     def body(state):
-      i, xc, frozen, ev = state
+      xc, frozen, ev = state
       _, logits, grad = _loss_and_grad(logits_fn, xc, y, loss, targeted)
       if early_stop:
         frozen = frozen | is_adversarial(logits, y, targeted=targeted)
@@ -314,22 +319,25 @@ def _pgd(logits_fn, x, y, key, eps, alpha, *, num_steps, norm, random_start, ear
       ev = ev + (~frozen).astype(jnp.int32)
       step = project(xc + alpha_b * _ascent_direction(grad, norm), x, eps, norm)
       xc = jnp.where(_per_example(frozen, x.ndim) > 0, xc, step)
-      return i + 1, xc, frozen, ev
+      return xc, frozen, ev
 
-    _, x_cur, _, evals = jax.lax.while_loop(cond, body, (0, x_cur, won, evals))
+    x_cur, _, evals = loops.bounded_while(not_all_frozen, body, (x_cur, won, evals), num_steps,
+                                          unroll=unroll)
     won = won | is_adversarial(logits_fn(x_cur), y, targeted=targeted)
     return x_cur, won, evals
-
-  def restarts_cond(state):
-    r, (_, won, _) = state
-    return (r < num_restarts) & ~jnp.all(won)
 
   def restarts_body(state):
     r, carry = state
     return r + 1, one_restart(r, carry)
 
   init = (x, jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.int32))
-  _, (x_adv, _, evals) = jax.lax.while_loop(restarts_cond, restarts_body, (0, init))
+  if num_restarts == 1:
+    x_adv, _, evals = one_restart(0, init)
+  else:
+    # An example broken by an earlier restart starts the next one frozen (no work, no count).
+    _, (x_adv, _, evals) = loops.bounded_while(
+        lambda state: ~jnp.all(state[1][1]), restarts_body, (0, init), num_restarts,
+        unroll=unroll)
   return from_adversarial(logits_fn, x, x_adv, y, targeted=targeted, num_grad_evals=evals)
 
 

@@ -30,7 +30,13 @@ attacker moves the latent code across the decision boundary and decodes it:
 
 After the step, every iterate is projected onto the optional `epsilon` ball
 (L2 or L_inf around x) and onto [0, 1] (`clip=True`), and success is always
-re-checked by re-encoding the final image and applying the head.
+re-checked by re-encoding the final image and applying the head. Clipping and the
+epsilon projection remove part of a step's effect, often leaving the decoded
+image a hair short of the boundary; a line search over `step_scales` (the latent
+displacement `z' - z` of the last step times 1.1, 1.25, 1.5, 2 by default; one
+decode and one encode per scale, each re-checked on the model, stopping once
+every example succeeds) keeps the closest image that is adversarial after
+clipping.
 
 Cost counters (per batch call, as in `AttackResult`): `num_forward_evals`
 counts encoder passes, `num_inverse_evals` decoder passes and `num_grad_evals`
@@ -43,7 +49,7 @@ measured distance when `inverse_lipschitz` is given (`return_info=True`).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import chex
 import jax
@@ -52,6 +58,7 @@ import numpy as np
 import optax
 
 from invjax import checks
+from invjax import loops
 from invjax.attacks import result as result_lib
 
 Array = jax.Array
@@ -61,6 +68,8 @@ Head = Union[LinearHead, Callable[[Array], Array]]
 METHODS = ("closed_form", "jacobian", "optimize")
 NORMS = ("l2", "linf")
 _TINY = 1e-12
+# Line search of the closed form (multiples of the minimal latent step).
+DEFAULT_STEP_SCALES = (1.1, 1.25, 1.5, 2.0)
 
 
 class LatentInfo(NamedTuple):
@@ -259,11 +268,13 @@ def _update_best(best: _Best, x_k, z_k, success_k, dist_k) -> _Best:
 @functools.partial(
     jax.jit,
     static_argnames=("encode", "decode", "head_fn", "method", "norm", "num_iters",
-                     "num_steps", "clip", "qp_sweeps", "num_candidates"))
+                     "num_steps", "clip", "qp_sweeps", "num_candidates", "unroll",
+                     "unroll_opt"))
 def _attack_core(params, head_params, x, y, target, kappa, epsilon, overshoot, learning_rate,
-                 *, encode, decode, head_fn, method, norm, num_iters, num_steps, clip,
-                 qp_sweeps, num_candidates):
-  """Returns (x_adv, z_adv = encode(x_adv), success re-checked on the model, z0 = encode(x))."""
+                 step_scales, *, encode, decode, head_fn, method, norm, num_iters, num_steps, clip,
+                 qp_sweeps, num_candidates, unroll, unroll_opt):
+  """(x_adv, z_adv = encode(x_adv), success re-checked on the model, z0 = encode(x),
+  number of line-search scales tried)."""
   batch = x.shape[0]
   combine = "any" if target is None else "all"
   enc = lambda xx: encode(params, xx)
@@ -293,7 +304,7 @@ def _attack_core(params, head_params, x, y, target, kappa, epsilon, overshoot, l
       x_next = proj(dec(z_tgt))
       return x_next, enc(x_next), z_tgt, best
 
-    x_n, z_n, _, best = jax.lax.fori_loop(0, num_iters, body, (x, z0, z0, best0))
+    x_n, z_n, z_tgt, best = loops.fori(num_iters, body, (x, z0, z0, best0), unroll=unroll)
     best, _, _ = check(x_n, z_n, best)
 
   else:
@@ -301,7 +312,7 @@ def _attack_core(params, head_params, x, y, target, kappa, epsilon, overshoot, l
     best0 = _Best(x, z_like, jnp.zeros((batch,), bool), jnp.full((batch,), jnp.inf, x.dtype))
 
     def body(k, state):
-      x_k, z0, best = state
+      x_k, z0, _, best = state
       z_k, jvp_fn = jax.linearize(enc, x_k)
       vjp_fn = jax.linear_transpose(jvp_fn, x_k)
       z0 = jnp.where(k == 0, z_k, z0)  # x_0 = x
@@ -327,54 +338,75 @@ def _attack_core(params, head_params, x, y, target, kappa, epsilon, overshoot, l
       x_lin = x + (1.0 + overshoot) * dx.reshape(x.shape)
       z_next = z_k + jvp_fn(x_lin - x_k)
       x_next = proj(dec(z_next))
-      return x_next, z0, best
+      return x_next, z0, z_next, best
 
-    x_n, z0, best = jax.lax.fori_loop(0, num_iters, body, (x, z_like, best0))
+    x_n, z0, z_tgt, best = loops.fori(num_iters, body, (x, z_like, z_like, best0),
+                                      unroll=unroll)
     z_n = enc(x_n)
     best, _, _ = check(x_n, z_n, best)
 
-    if method == "optimize":
-      # Projected Adam in latent space from the Jacobian-aware point (or the last
-      # iterate where it failed), keeping the best feasible decoded image.
-      z_start = jnp.where(best.success[:, None], best.z, z_n)
-      opt = optax.adam(learning_rate)
+  if step_scales is not None:
+    # Line search along the latent displacement of the last step: what clipping / the
+    # epsilon ball took away is made up by a longer step in the same latent direction.
+    # Scales are tried in order; an example keeps the first scale that works, and the
+    # search stops once every example succeeded (unrolled: all scales run, masked).
+    def scale_body(state):
+      i, best = state
+      x_s = proj(dec(z0 + step_scales[i] * (z_tgt - z0)))
+      z_s = enc(x_s)
+      logits_s, _ = _head(head_params, head_fn, z_s)
+      new = _is_adv(logits_s, y, target) & ~best.success
+      return i + 1, _update_best(best, x_s, z_s, new, dist(x_s))
 
-      def loss_fn(zz):
-        xd = dec(zz)
-        return jnp.sum(jnp.square(xd - x)), xd
+    num_scales_tried, best = loops.bounded_while(
+        lambda state: ~jnp.all(state[1].success), scale_body, (0, best),
+        step_scales.shape[0], unroll=unroll)
+  else:
+    num_scales_tried = 0
 
-      def feasible_projection(zz):
-        logits_z, a_z = _head(head_params, head_fn, zz)
-        rows, need, active = _constraints(logits_z, a_z, y, target, kappa)
-        dz = _min_norm_step(rows, need, active, combine=combine, norm="l2",
-                            num_sweeps=qp_sweeps)
-        return zz + (1.0 + overshoot) * dz
+  if method == "optimize":
+    # Projected Adam in latent space from the Jacobian-aware point (or the last
+    # iterate where it failed), keeping the best feasible decoded image.
+    z_start = jnp.where(best.success[:, None], best.z, z_n)
+    opt = optax.adam(learning_rate)
 
-      def opt_step(_, state):
-        zz, opt_state, cand = state
-        (_, xd), g = jax.value_and_grad(loss_fn, has_aux=True)(zz)
-        logits_z, _ = _head(head_params, head_fn, zz)
-        xp = proj(xd)
-        cand = _update_best(cand, xp, zz, _is_adv(logits_z, y, target), dist(xp))
-        upd, opt_state = opt.update(g, opt_state, zz)
-        zz = feasible_projection(optax.apply_updates(zz, upd))
-        return zz, opt_state, cand
+    def loss_fn(zz):
+      xd = dec(zz)
+      return jnp.sum(jnp.square(xd - x)), xd
 
-      z_feas = feasible_projection(z_start)
-      cand0 = _Best(x, z_like, jnp.zeros((batch,), bool), jnp.full((batch,), jnp.inf, x.dtype))
-      _, _, cand = jax.lax.fori_loop(0, num_steps, opt_step, (z_feas, opt.init(z_feas), cand0))
-      # Re-check the optimiser's candidate on the model (re-encode); keep it if it wins.
-      z_cand = enc(cand.x)
-      logits_c, _ = _head(head_params, head_fn, z_cand)
-      ok = _is_adv(logits_c, y, target) & cand.success
-      best = _update_best(best, cand.x, z_cand, ok, dist(cand.x))
+    def feasible_projection(zz):
+      logits_z, a_z = _head(head_params, head_fn, zz)
+      rows, need, active = _constraints(logits_z, a_z, y, target, kappa)
+      dz = _min_norm_step(rows, need, active, combine=combine, norm="l2",
+                          num_sweeps=qp_sweeps)
+      return zz + (1.0 + overshoot) * dz
+
+    def opt_step(_, state):
+      zz, opt_state, cand = state
+      (_, xd), g = jax.value_and_grad(loss_fn, has_aux=True)(zz)
+      logits_z, _ = _head(head_params, head_fn, zz)
+      xp = proj(xd)
+      cand = _update_best(cand, xp, zz, _is_adv(logits_z, y, target), dist(xp))
+      upd, opt_state = opt.update(g, opt_state, zz)
+      zz = feasible_projection(optax.apply_updates(zz, upd))
+      return zz, opt_state, cand
+
+    z_feas = feasible_projection(z_start)
+    cand0 = _Best(x, z_like, jnp.zeros((batch,), bool), jnp.full((batch,), jnp.inf, x.dtype))
+    _, _, cand = loops.fori(num_steps, opt_step, (z_feas, opt.init(z_feas), cand0),
+                            unroll=unroll_opt)
+    # Re-check the optimiser's candidate on the model (re-encode); keep it if it wins.
+    z_cand = enc(cand.x)
+    logits_c, _ = _head(head_params, head_fn, z_cand)
+    ok = _is_adv(logits_c, y, target) & cand.success
+    best = _update_best(best, cand.x, z_cand, ok, dist(cand.x))
 
   # Every candidate's success was measured by encoding that exact image and applying
   # the head; the returned image is the closest successful one, else the last iterate.
   keep = best.success.reshape((-1,) + (1,) * (x.ndim - 1))
   x_adv = jnp.where(keep, best.x, x_n)
   z_adv = jnp.where(best.success[:, None], best.z, z_n)
-  return x_adv, z_adv, best.success, z0
+  return x_adv, z_adv, best.success, z0, jnp.asarray(num_scales_tried, jnp.int32)
 
 
 # ----------------------------------------------------------------------------
@@ -415,9 +447,17 @@ def _validate(x, y, target, kappa, epsilon, method, norm, num_classes, num_iters
 
 def _run(params, encode, decode, head_params, head_fn, x, y, *, target, kappa, method,
          epsilon, norm, num_iters, num_steps, learning_rate, overshoot, clip, qp_sweeps,
-         inverse_lipschitz, return_info, num_classes, num_candidates=None):
+         inverse_lipschitz, return_info, num_classes, num_candidates=None,
+         step_scales=DEFAULT_STEP_SCALES, unroll=None):
   if num_iters is None:
     num_iters = 1 if method == "closed_form" else 3
+  if step_scales is None or len(step_scales) == 0:
+    step_scales = None
+  else:
+    step_scales = np.asarray(step_scales, np.float64)
+    if step_scales.ndim != 1 or not np.all(np.isfinite(step_scales)) or np.any(step_scales <= 0):
+      raise checks.InvjaxError(
+          f"step_scales must be a sequence of finite positive numbers, got {step_scales}")
   _validate(x, y, target, kappa, epsilon, method, norm, num_classes, num_iters, num_steps)
   checks.check_positive(overshoot, "overshoot", strict=False)
   if num_candidates is not None:
@@ -432,22 +472,28 @@ def _run(params, encode, decode, head_params, head_fn, x, y, *, target, kappa, m
   x = jnp.asarray(x)
   y = jnp.asarray(y)
   target = None if target is None else jnp.asarray(target)
-  x_adv, z_adv, success, z0 = _attack_core(
+  x_adv, z_adv, success, z0, n_s = _attack_core(
       params, head_params, x, y, target, jnp.asarray(kappa, x.dtype),
       None if epsilon is None else jnp.asarray(epsilon, x.dtype),
       jnp.asarray(overshoot, x.dtype), jnp.asarray(learning_rate, x.dtype),
+      None if step_scales is None else jnp.asarray(step_scales, x.dtype),
       encode=encode, decode=decode, head_fn=head_fn, method=method, norm=norm,
       num_iters=int(num_iters), num_steps=int(num_steps) if method == "optimize" else 0,
       clip=bool(clip), qp_sweeps=int(qp_sweeps),
+      unroll=loops.resolve_unroll(unroll, num_iters),
+      unroll_opt=loops.resolve_unroll(unroll, num_steps) if method == "optimize" else False,
       num_candidates=num_candidates if method != "closed_form" else None)
   chex.assert_equal_shape((x_adv, x))
   num_heads = 0 if head_fn is None else 1
   k = num_classes
+  # n_s: line-search scales actually tried (1 decode + 1 encode each; the search stops
+  # as soon as every example succeeds).
   if method == "closed_form":
-    fwd, inv, grad = 1 + num_iters, num_iters, num_heads * num_iters * k
+    fwd, inv, grad = 1 + num_iters + n_s, num_iters + n_s, num_heads * (num_iters + n_s) * k
   else:
     rows = k if (num_candidates is None or target is not None) else num_candidates
-    fwd, inv, grad = num_iters + 1, num_iters, num_iters * (rows + 1 + num_heads * k)
+    fwd, inv = num_iters + 1 + n_s, num_iters + n_s
+    grad = num_iters * (rows + 1 + num_heads * k) + n_s * num_heads * k
     if method == "optimize":
       fwd, inv, grad = fwd + 1, inv + num_steps, grad + num_steps * (1 + num_heads * k)
   linf, l2 = result_lib.distances(x, x_adv)
@@ -471,7 +517,9 @@ def latent_attack(encode_fn: Callable[[Array], Array], decode_fn: Callable[[Arra
                   norm: str = "l2", num_iters: Optional[int] = None, num_steps: int = 20,
                   learning_rate: float = 1e-3, overshoot: float = 0.02, clip: bool = True,
                   qp_sweeps: int = 200, inverse_lipschitz: Optional[float] = None,
-                  num_candidates: Optional[int] = None, return_info: bool = False):
+                  num_candidates: Optional[int] = None,
+                  step_scales: Optional[Sequence[float]] = DEFAULT_STEP_SCALES,
+                  unroll: Optional[bool] = None, return_info: bool = False):
   """Latent-inversion attack on an invertible classifier given as pure functions.
 
   Args:
@@ -499,6 +547,13 @@ def latent_attack(encode_fn: Callable[[Array], Array], decode_fn: Callable[[Arra
     num_candidates: untargeted Jacobian-aware steps only try the `num_candidates`
       classes with the highest logits (besides y), as DeepFool does: that many
       vector-Jacobian products per iteration instead of K (None: all classes).
+    step_scales: the latent displacement of the last step is also tried scaled by
+      each of these factors, in order, until every example succeeds (one decode +
+      one encode each); the closest image that is adversarial after clipping /
+      projection is kept. None or () turns the line search off.
+    unroll: trace the iterations as straight-line code instead of `lax` loops (same
+      result). None: on CPU, where XLA runs convolutions inside loops ~3x slower
+      (`invjax.loops`).
     return_info: also return a `LatentInfo`.
 
   Returns:
@@ -522,7 +577,8 @@ def latent_attack(encode_fn: Callable[[Array], Array], decode_fn: Callable[[Arra
               num_iters=num_iters, num_steps=num_steps, learning_rate=learning_rate,
               overshoot=overshoot, clip=clip, qp_sweeps=qp_sweeps,
               inverse_lipschitz=inverse_lipschitz, return_info=return_info,
-              num_classes=num_classes, num_candidates=num_candidates)
+              num_classes=num_classes, num_candidates=num_candidates, step_scales=step_scales,
+              unroll=unroll)
 
 
 def latent_attack_from_model(model: Any, variables: Any, x: Array, y: Array, *,
@@ -556,7 +612,7 @@ def latent_attack_from_model(model: Any, variables: Any, x: Array, y: Array, *,
   defaults = dict(target=None, kappa=0.0, method="closed_form", epsilon=None, norm="l2",
                   num_iters=None, num_steps=20, learning_rate=1e-3, overshoot=0.02, clip=True,
                   qp_sweeps=200, inverse_lipschitz=None, return_info=False,
-                  num_candidates=None)
+                  num_candidates=None, step_scales=DEFAULT_STEP_SCALES, unroll=None)
   unknown = set(kwargs) - set(defaults)
   if unknown:
     raise checks.InvjaxError(f"unknown arguments to latent_attack_from_model: {sorted(unknown)}")

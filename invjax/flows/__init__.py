@@ -13,7 +13,8 @@ from invjax.flows.classifier import (InvertibleClassifier, cross_entropy, hybrid
 from invjax.flows.conv1x1 import Conv1x1
 from invjax.flows.coupling import AdditiveCoupling, AffineCoupling
 from invjax.flows.distrax_adapter import FlowBijector, to_distrax
-from invjax.flows.fixed_point import FixedPointInfo, check_converged, fixed_point
+from invjax.flows.fixed_point import (FixedPointInfo, check_converged, fixed_point,
+                                      fixed_point_implicit)
 from invjax.flows.glow import Glow, RealNVP
 from invjax.flows.iresnet import IResNet, IResNetBlock
 from invjax.flows.irevnet import IRevNet, IRevNetBlock

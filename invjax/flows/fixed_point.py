@@ -13,11 +13,19 @@ Iteration stops when every example's residual is `<= tol`, after `max_iter` upda
 as soon as a residual is NaN/inf (then reported as such). Called eagerly (not under
 `jit`), a warning is logged when `max_iter` is hit without reaching `tol`;
 `check_converged` turns a failure into a `ConvergenceError` that states the residual.
-Reverse-mode differentiation through the loop is not supported (forward mode is).
+
+`fixed_point` itself is not reverse-differentiable (a `while_loop`). `fixed_point_implicit`
+solves `x* = f(params, x*)` the same way and differentiates the solution in `params` by
+the implicit function theorem, `dx* = (I - df/dx)^{-1} (df/dparams) dparams`, without
+differentiating through the iterations: the linear system is a `lax.custom_linear_solve`
+whose solves are again fixed-point iterations (`v <- b + (df/dx) v`, and the transposed
+one with vector-Jacobian products), contractions whenever `f` is. Forward mode, reverse
+mode and `linearize` + `linear_transpose` all work, at the cost of one extra fixed-point
+iteration per derivative.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 from absl import logging
 import jax
@@ -98,6 +106,77 @@ def fixed_point(f: Callable[[Array], Array], x0: Array, *, tol: float = 1e-5,
           "tol %.3g; the map may not be a contraction (stale spectral norm?) or needs more "
           "iterations", int(k), int(np.asarray(max_iter)), worst, tol)
   return x, info
+
+
+def _linear_fixed_point(apply_j: Callable[[Array], Array], b: Array, tol: float,
+                        max_iter: int) -> Array:
+  """Solves `v = b + J v` by `v <- b + J v` from `v = b` (J a contraction, `apply_j(v) = J v`).
+
+  Stops when every example's change is `<= tol * max(1, max |b|)` or after `max_iter` updates.
+  """
+  scale = jnp.maximum(1.0, _batch_max_abs(b))
+
+  def cond(state):
+    k, _, res = state
+    return (k < max_iter) & ~_all_done(res / scale, tol)
+
+  def body(state):
+    k, v, _ = state
+    v_new = b + apply_j(v)
+    return k + 1, v_new, _batch_max_abs(v_new - v)
+
+  v1 = b + apply_j(b)
+  _, v, _ = lax.while_loop(cond, body, (jnp.ones((), jnp.int32), v1, _batch_max_abs(v1 - b)))
+  return v
+
+
+def fixed_point_implicit(f: Callable[[Any, Array], Array], params: Any, x0: Array, *,
+                         tol: float = 1e-5, max_iter: int = 100,
+                         grad_tol: float = 1e-6, grad_max_iter: Optional[int] = None
+                         ) -> tuple[Array, FixedPointInfo]:
+  """`fixed_point` of `x <- f(params, x)`, differentiable in `params` (implicit function theorem).
+
+  The forward solve is exactly `fixed_point(lambda x: f(params, x), x0)` (so `info` is
+  the same); `x0` only starts the iteration and gets no derivative. Derivatives of the
+  returned `x*` with respect to `params` (any pytree of arrays: weights, the right-hand
+  side `y` of an i-ResNet inverse, ...) are those of the exact fixed point,
+  `(I - df/dx)^{-1} df/dparams`, each computed by a linear fixed-point iteration of
+  Jacobian-vector (forward mode) or vector-Jacobian (reverse mode) products of `f` at `x*`.
+
+  Args:
+    f: `f(params, x) -> x`, batch-first, examples independent, a contraction in `x`.
+    params: pytree of the differentiable inputs of `f`.
+    x0: `[batch, ...]` starting point.
+    tol, max_iter: of the forward iteration (as in `fixed_point`).
+    grad_tol: relative tolerance of the derivative iterations (per example, on the change
+      of the iterate, relative to `max(1, max |right-hand side|)`).
+    grad_max_iter: cap of the derivative iterations (default: `max_iter`; a Python int).
+
+  Returns:
+    `(x, info)` as `fixed_point`.
+  """
+  checks.check_positive(grad_tol, "grad_tol", strict=False)
+  grad_iters = int(max_iter if grad_max_iter is None else grad_max_iter)
+  frozen = lax.stop_gradient(params)
+  x_star, info = fixed_point(lambda x: f(frozen, x), lax.stop_gradient(x0), tol=tol,
+                             max_iter=max_iter)
+  x_star = lax.stop_gradient(x_star)
+
+  def apply_j(v):  # (df/dx) v at x*
+    return jax.jvp(lambda x: f(frozen, x), (x_star,), (v,))[1]
+
+  def apply_jt(w):  # (df/dx)^T w at x*
+    return jax.vjp(lambda x: f(frozen, x), x_star)[1](w)[0]
+
+  # (I - J) dx = (df/dparams) dparams. `rhs` is zero in value (so the solve below returns
+  # exactly 0 and x* is unchanged) and carries df/dparams as its derivative.
+  fx = f(params, x_star)
+  rhs = fx - lax.stop_gradient(fx)
+  correction = lax.custom_linear_solve(
+      lambda v: v - apply_j(v), rhs,
+      solve=lambda _, b: _linear_fixed_point(apply_j, b, grad_tol, grad_iters),
+      transpose_solve=lambda _, b: _linear_fixed_point(apply_jt, b, grad_tol, grad_iters))
+  return x_star + correction, info
 
 
 def check_converged(info: FixedPointInfo, tol: float = 1e-5) -> FixedPointInfo:

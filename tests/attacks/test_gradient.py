@@ -190,3 +190,17 @@ def test_nan_logits_and_bad_model_raise(linear):
     gradient.fgsm(lambda v: v.sum(1), x, y, epsilon=0.1)
   with pytest.raises(InvjaxError, match="needs a PRNG key"):
     gradient.pgd(linear["fn"], x, y, key=None, epsilon=0.1)
+
+
+@pytest.mark.parametrize("early_stop,num_restarts", [(True, 1), (False, 1), (True, 3)])
+def test_unrolled_steps_equal_the_while_loop(cnn, early_stop, num_restarts):
+  # The straight-line (CPU) and while_loop (accelerator) versions run the same masked steps.
+  fn, x, y = cnn
+  kw = dict(key=jax.random.PRNGKey(3), epsilon=4 / 255, num_steps=6, norm="linf",
+            early_stop=early_stop, num_restarts=num_restarts)
+  looped = gradient.pgd(fn, x, y, unroll=False, **kw)
+  unrolled = gradient.pgd(fn, x, y, unroll=True, **kw)
+  np.testing.assert_allclose(unrolled.x_adv, looped.x_adv, atol=1e-6)
+  np.testing.assert_array_equal(unrolled.success, looped.success)
+  np.testing.assert_array_equal(unrolled.num_grad_evals, looped.num_grad_evals)
+  assert 0 < np.asarray(looped.success).mean() < 1 or early_stop is False

@@ -68,12 +68,43 @@ def test_closed_form_is_the_minimal_latent_point():
   m, a, b, x, y, enc, dec, head = PROBLEM
   res, info = latent.latent_attack(enc, dec, head, x, y, kappa=KAPPA, overshoot=0.0,
                                    clip=False, return_info=True, inverse_lipschitz=float(
-                                       np.linalg.norm(np.linalg.inv(m), 2)))
+                                       np.linalg.norm(np.linalg.inv(m), 2)), unroll=False)
   np.testing.assert_allclose(info.z_adv, _untargeted_reference("z", m, a, b, x, y), atol=2e-5)
   assert bool(res.success.all())
   # ||x' - x|| <= Lip(M^-1) ||z' - z||.
   assert np.all(np.asarray(res.l2) <= np.asarray(info.image_l2_bound) * (1 + 1e-5))
+  # Every example succeeds at the minimal step: the line search tries no scale.
   assert int(res.num_inverse_evals) == 1 and int(res.num_forward_evals) == 2
+  plain = latent.latent_attack(enc, dec, head, x, y, kappa=KAPPA, overshoot=0.0, clip=False,
+                               step_scales=())
+  assert int(plain.num_inverse_evals) == 1 and int(plain.num_forward_evals) == 2
+  np.testing.assert_allclose(plain.x_adv, res.x_adv, atol=1e-6)
+
+
+def test_closed_form_line_search_makes_up_for_clipping():
+  # Identity flow, two classes, logit_1 - logit_0 = x_0 + x_1 - 1.7: x = (0.99, 0.5) needs
+  # +0.21 along (1, 1). The minimal latent step (0.105, 0.105) is clipped to (1.0, 0.605),
+  # which only gains 0.115; twice the step, clipped, is (1.0, 0.71): exactly on the boundary
+  # plus 0.01. Scales 1.1 .. 1.5 stay short, so the line search must return the 2x point.
+  ident = lambda v: v
+  head = (np.array([[0.0, 1.0], [0.0, 1.0]], np.float32), np.array([0.0, -1.7], np.float32))
+  x = np.array([[0.99, 0.5]], np.float32)
+  y = np.array([0], np.int32)
+  short = latent.latent_attack(ident, ident, head, x, y, overshoot=0.0, step_scales=())
+  assert not bool(short.success[0])
+  np.testing.assert_allclose(short.x_adv, [[1.0, 0.605]], atol=1e-6)
+  for unroll, tried in ((False, 4), (True, 5)):
+    res = latent.latent_attack(ident, ident, head, x, y, overshoot=0.0,
+                               step_scales=(1.1, 1.25, 1.5, 2.0, 3.0), unroll=unroll)
+    assert bool(res.success[0])
+    np.testing.assert_allclose(res.x_adv, [[1.0, 0.71]], atol=1e-6)
+    # The step + scales 1.1, 1.25, 1.5, 2.0 (one decode each); the loop stops before 3.0,
+    # the unrolled search runs it too (masked: the example keeps its first success).
+    assert int(res.num_inverse_evals) == 1 + tried
+    assert int(res.num_forward_evals) == 2 + tried
+  assert float(res.x_adv.max()) <= 1.0
+  with pytest.raises(InvjaxError, match="step_scales"):
+    latent.latent_attack(ident, ident, head, x, y, step_scales=(1.5, -1.0))
 
 
 def test_closed_form_targeted_matches_scipy_qp():
@@ -112,7 +143,7 @@ def test_callable_head_and_jit():
   @jax.jit
   def run(xx):
     return latent.latent_attack(enc, dec, fn_head, xx, y, kappa=KAPPA, overshoot=0.0,
-                                clip=False, method="jacobian", num_iters=2)
+                                clip=False, method="jacobian", num_iters=2, unroll=False)
 
   res = run(jnp.asarray(x, jnp.float32))
   np.testing.assert_allclose(res.x_adv, ref, atol=2e-5)
@@ -232,3 +263,43 @@ def test_jacobian_respects_saturated_pixels_and_candidates():
   margin = z_adv[np.arange(B), top] - z_adv[np.arange(B), y]
   np.testing.assert_allclose(margin, KAPPA, atol=1e-4)
   assert int(one.num_grad_evals) == 2 and int(res.num_grad_evals) == K + 1
+
+
+@pytest.mark.parametrize("method", ["closed_form", "jacobian"])
+def test_unrolled_iterations_equal_the_loops(method):
+  m, a, b, x, y, enc, dec, head = PROBLEM
+  # x near the top of the box so that clipping bites and the line search runs.
+  x_hi = np.clip(x + 0.45, 0.0, 1.0).astype(np.float32)
+  y_hi = np.argmax(np.asarray(enc(x_hi)) @ a + b, 1).astype(np.int32)
+  kw = dict(kappa=KAPPA, method=method, num_iters=2, return_info=True)
+  res_l, info_l = latent.latent_attack(enc, dec, head, x_hi, y_hi, unroll=False, **kw)
+  res_u, info_u = latent.latent_attack(enc, dec, head, x_hi, y_hi, unroll=True, **kw)
+  np.testing.assert_allclose(res_u.x_adv, res_l.x_adv, atol=1e-6)
+  np.testing.assert_array_equal(res_u.success, res_l.success)
+  np.testing.assert_allclose(info_u.z_adv, info_l.z_adv, atol=1e-5)
+
+
+def test_optimize_differentiates_through_an_iresnet_inverse():
+  # decode is an i-ResNet fixed-point inverse: method="optimize" backpropagates through it
+  # (implicit function theorem); a while_loop alone is not reverse-differentiable.
+  from invjax.flows import iresnet  # pylint: disable=g-import-not-at-top
+  model = iresnet.IResNet(stages=(2,), kind="dense", hidden=16, activation="elu",
+                          kernel_sizes=(1, 1), coeff=0.8, logdet="none", inverse_tol=1e-6,
+                          inverse_max_iter=60)
+  rng = np.random.default_rng(1)
+  x = rng.uniform(0.3, 0.7, (B, D)).astype(np.float32)
+  variables = model.init(jax.random.PRNGKey(0), jnp.asarray(x), method="transform")
+  enc = lambda v: model.apply(variables, v, method="transform")
+  dec = lambda z: model.apply(variables, z, method="inverse_transform")[0]
+  a = rng.standard_normal((D, K)).astype(np.float32)
+  b = np.zeros(K, np.float32)
+  y = np.argmax(np.asarray(enc(x)) @ a + b, 1).astype(np.int32)
+  kw = dict(kappa=KAPPA, clip=False, num_iters=1)
+  jac = latent.latent_attack(enc, dec, (a, b), x, y, method="jacobian", **kw)
+  opt = latent.latent_attack(enc, dec, (a, b), x, y, method="optimize", num_steps=10,
+                             learning_rate=1e-2, unroll=False, **kw)
+  assert bool(opt.success.all()) and bool(jac.success.all())
+  # Success re-checked independently, and the optimiser never returns a worse point.
+  logits = np.asarray(enc(opt.x_adv)) @ a + b
+  assert np.all(np.argmax(logits, 1) != y)
+  assert np.all(np.asarray(opt.l2) <= np.asarray(jac.l2) + 1e-5)

@@ -81,3 +81,13 @@ def test_tiny_resnet_trains_and_updates_batch_stats():
   x = jnp.asarray(batch["x"], jnp.float32) / 255.0
   acc = eval_step(state, batch)["accuracy"]
   np.testing.assert_array_equal(acc, (np.argmax(fn(x), 1) == batch["y"]).astype(np.float32))
+
+
+def test_max_pool_2x2_matches_flax_max_pool():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  h = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 8, 3))
+  np.testing.assert_array_equal(cnn.max_pool_2x2(h), nn.max_pool(h, (2, 2), strides=(2, 2)))
+  # Gradient: 1 at each window's argmax (no ties in random data), as SelectAndScatter gives.
+  g = jax.grad(lambda v: jnp.sum(cnn.max_pool_2x2(v)))(h)
+  g_ref = jax.grad(lambda v: jnp.sum(nn.max_pool(v, (2, 2), strides=(2, 2))))(h)
+  np.testing.assert_array_equal(g, g_ref)
