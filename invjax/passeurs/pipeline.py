@@ -316,7 +316,8 @@ def run_experiment(config, *, extractor: Optional[Extractor] = None,
   Args:
     config: ml_collections.ConfigDict (or dict) with fields dataset, data_dir, train_limit,
       test_limit, extractor, resolution, batch_size, steps, methods ("sign", "rotation" or both, comma
-      separated), margin, rotation_delta, svm_backend ("invjax" or "liblinear"), svm_C,
+      separated), margin, sign_momentum (0: plain sign steps; > 0: `sign_step_momentum`),
+      rotation_delta, svm_backend ("invjax" or "liblinear"), svm_C,
       svm_tol, public_boundary.
     extractor: feature extractor; default `make_extractor(config)` (config.extractor,
       EfficientNet-Lite0 at config.resolution unless told otherwise).
@@ -346,6 +347,9 @@ def run_experiment(config, *, extractor: Optional[Extractor] = None,
   if margin not in poison.MARGINS:
     raise InvjaxError(f"config.margin must be one of {poison.MARGINS}, got {margin!r}")
   public = split_mask(test, int(_cfg(config, "public_boundary", 5000)))
+  momentum = float(_cfg(config, "sign_momentum", 0.0))
+  if not momentum >= 0.0:
+    raise InvjaxError(f"config.sign_momentum must be >= 0, got {momentum}")
 
   t0 = time.time()
   f_train = cache.get(extractor, train.x, batch_size=bs, progress=progress, desc="embed train")
@@ -377,9 +381,14 @@ def run_experiment(config, *, extractor: Optional[Extractor] = None,
       target = poison.rotation_targets(f_train, train.y, svms["clean"], svms["target"],
                                        delta=float(_cfg(config, "rotation_delta", 0.5)))
     x = train.x
+    velocity = None
     for k in range(1, steps + 1):
       t1 = time.time()
-      if method == "sign":
+      if method == "sign" and momentum:
+        x, velocity = poison.sign_step_momentum(
+            extractor.apply, extractor.params, x, train.y, svms["target"], velocity,
+            momentum=momentum, margin=margin, batch_size=bs, progress=progress)
+      elif method == "sign":
         x = poison.sign_step(extractor.apply, extractor.params, x, train.y, svms["target"],
                              margin=margin, batch_size=bs, progress=progress)
       else:

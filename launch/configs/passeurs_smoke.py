@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.steps = 2
   config.methods = "sign"  # "sign", "rotation" or "sign,rotation"
   config.margin = "ovr_hinge"
+  config.sign_momentum = 0.0  # > 0: momentum sign steps (poison.sign_step_momentum)
   config.rotation_delta = 0.5
   config.svm_backend = "invjax"  # or "liblinear" (the reference package, for comparison)
   config.svm_C = 1.0

@@ -120,3 +120,43 @@ def test_errors_name_the_problem(problem):
     poison.sign_poison(linear_features, a, x, y, w, steps=0)
   with pytest.raises(InvjaxError, match="target_features"):
     poison.rotation_step(linear_features, a, x, np.zeros((3, D), np.float32))
+
+
+def _closed_form_grad(a, x, y, w):
+  t = 2.0 * np.eye(K)[y] - 1.0
+  g_s = -2.0 * t * np.maximum(0.0, 1.0 - t * _scores(a, x, w))
+  return (g_s @ w["w"] @ a.T).reshape(x.shape)
+
+
+def test_momentum_steps_follow_the_accumulated_normalised_gradient(problem):
+  a, x, y, w = problem
+  # Scores large enough that the hinge stays active over both steps.
+  w_big = {"w": w["w"] * 20.0, "b": w["b"]}
+  x1, v1 = poison.sign_step_momentum(linear_features, jnp.asarray(a), x, y, w_big, None,
+                                     momentum=0.7, batch_size=4)
+  np.testing.assert_array_equal(x1, poison.sign_step(linear_features, jnp.asarray(a), x, y,
+                                                     w_big, batch_size=4))
+  x2, v2 = poison.sign_step_momentum(linear_features, jnp.asarray(a), x1, y, w_big, v1,
+                                     momentum=0.7, batch_size=4)
+  # numpy reference: v = 0.7 v + g / mean|g| per image, x -= sign(v).
+  # (an image whose hinge is inactive for every class has g = 0 and stays put)
+  norm = lambda g: g / np.maximum(np.abs(g).reshape(len(g), -1).mean(1), 1e-30).reshape(
+      -1, 1, 1, 1)
+  ref_v1 = norm(_closed_form_grad(a, x, y, w_big))
+  ref_v2 = 0.7 * ref_v1 + norm(_closed_form_grad(a, x1, y, w_big))
+  np.testing.assert_allclose(v2, ref_v2, rtol=1e-3, atol=1e-3)
+  np.testing.assert_array_equal(
+      x2, np.clip(x1.astype(np.int16) - np.sign(ref_v2), 0, 255).astype(np.uint8))
+  assert poison.linf(x2, x) <= 2
+  # momentum=0 in sign_poison is plain sign steps; > 0 goes through the velocity.
+  plain = poison.sign_poison(linear_features, jnp.asarray(a), x, y, w_big, steps=2,
+                             batch_size=4)
+  mom = poison.sign_poison(linear_features, jnp.asarray(a), x, y, w_big, steps=2,
+                           batch_size=4, momentum=0.7)
+  np.testing.assert_array_equal(mom, x2)
+  assert plain.shape == mom.shape
+  with pytest.raises(InvjaxError, match="momentum"):
+    poison.sign_step_momentum(linear_features, jnp.asarray(a), x, y, w, None, momentum=-1.0)
+  with pytest.raises(InvjaxError, match="velocity"):
+    poison.sign_step_momentum(linear_features, jnp.asarray(a), x, y, w,
+                              np.zeros((2, 2), np.float32))
