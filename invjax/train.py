@@ -39,6 +39,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from invjax import compilation
 from invjax import data as data_lib
 from invjax.checks import ConvergenceError, InvjaxError
 
@@ -141,7 +142,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     return new_state, metrics
 
   if jit:
-    return jax.jit(train_step, donate_argnums=(0,) if donate else ())
+    return compilation.jit(train_step, donate_argnums=(0,) if donate else ())
   return train_step
 
 
@@ -156,7 +157,7 @@ def make_eval_step(metric_fn: Callable[[PyTree, PyTree, Batch], Dict[str, jax.Ar
   def eval_step(state: TrainState, batch: Batch):
     return metric_fn(state.params, state.model_state, batch)
 
-  return jax.jit(eval_step) if jit else eval_step
+  return compilation.jit(eval_step) if jit else eval_step
 
 
 def evaluate(eval_step: Callable, state: TrainState, dataset: data_lib.Dataset,

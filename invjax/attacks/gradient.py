@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from invjax import checks
+from invjax import compilation
 from invjax import loops
 from invjax.attacks.result import AttackResult, from_adversarial, is_adversarial
 
@@ -95,7 +96,7 @@ def _check_model(logits_fn: LogitsFn, x, y) -> None:
           f"y must lie in [0, {num_classes}) (the number of logits), got values in "
           f"[{arr.min()}, {arr.max()}]")
   if checks.is_concrete(x):
-    logits = np.asarray(jax.jit(logits_fn)(jnp.asarray(x)))
+    logits = np.asarray(compilation.jit(logits_fn)(jnp.asarray(x)))
     bad = ~np.all(np.isfinite(logits), axis=1)
     if bad.any():
       raise checks.InvjaxError(
@@ -223,7 +224,7 @@ def fgsm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.A
                norm=norm, targeted=targeted, loss=loss)
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "norm", "targeted", "loss"))
+@functools.partial(compilation.jit, static_argnames=("logits_fn", "norm", "targeted", "loss"))
 def _fgsm(logits_fn, x, y, epsilon, *, norm, targeted, loss):
   chex.assert_shape(y, (x.shape[0],))
   _, _, grad = _loss_and_grad(logits_fn, x, y, loss, targeted)
@@ -292,7 +293,7 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Ar
               num_restarts=num_restarts, loss=loss, unroll=loops.resolve_unroll(unroll, num_steps * num_restarts))
 
 
-@functools.partial(jax.jit, static_argnames=(
+@functools.partial(compilation.jit, static_argnames=(
     "logits_fn", "num_steps", "norm", "random_start", "early_stop", "targeted", "num_restarts",
     "loss", "unroll"))
 def _pgd(logits_fn, x, y, key, eps, alpha, *, num_steps, norm, random_start, early_stop,
@@ -401,7 +402,7 @@ def carlini_wagner_l2(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *,
              abort_early=abort_early, targeted=targeted)
 
 
-@functools.partial(jax.jit, static_argnames=(
+@functools.partial(compilation.jit, static_argnames=(
     "logits_fn", "binary_search_steps", "num_steps", "abort_early", "targeted"))
 def _cw(logits_fn, x, y, confidence, initial_const, learning_rate, *, binary_search_steps,
         num_steps, abort_early, targeted):

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from invjax import checks
+from invjax import compilation
 from invjax.attacks import result as result_lib
 
 Array = jax.Array
@@ -161,7 +162,7 @@ def _apply_head(head_params, head_fn, z):
   return head_fn(head_params, z)
 
 
-@functools.partial(jax.jit, static_argnames=("encode", "decode", "head_fn", "split",
+@functools.partial(compilation.jit, static_argnames=("encode", "decode", "head_fn", "split",
                                              "num_class_dims"))
 def _metameric_core(params, head_params, x1, x2, *, encode, decode, head_fn, split,
                     num_class_dims):

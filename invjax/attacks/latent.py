@@ -58,6 +58,7 @@ import numpy as np
 import optax
 
 from invjax import checks
+from invjax import compilation
 from invjax import loops
 from invjax.attacks import result as result_lib
 
@@ -266,7 +267,7 @@ def _update_best(best: _Best, x_k, z_k, success_k, dist_k) -> _Best:
 
 
 @functools.partial(
-    jax.jit,
+    compilation.jit,
     static_argnames=("encode", "decode", "head_fn", "method", "norm", "num_iters",
                      "num_steps", "clip", "qp_sweeps", "num_candidates", "unroll",
                      "unroll_opt"))

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from invjax import checks
+from invjax import compilation
 
 Array = jax.Array
 
@@ -223,7 +224,7 @@ def converge_spectral_norms(model: nn.Module, variables, *args, n_rounds: int = 
         f"variables have no {SPECTRAL!r} collection (got {list(variables)}); "
         "the model has no spectral layers or variables come from a different model")
 
-  @jax.jit
+  @compilation.jit
   def run(variables, args):
     def body(_, spectral):
       vs = {**variables, SPECTRAL: spectral}

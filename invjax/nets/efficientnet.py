@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from invjax import compilation
 from invjax.checks import InvjaxError, check_images, check_rank
 
 FEATURE_DIM = 1280
@@ -347,7 +348,7 @@ def resize(x: jax.Array, resolution: Optional[int]) -> jax.Array:
   return jax.image.resize(x, (x.shape[0], resolution, resolution, x.shape[3]), "bilinear")
 
 
-@functools.partial(jax.jit, static_argnames=("resolution", "method"))
+@functools.partial(compilation.jit, static_argnames=("resolution", "method"))
 def _apply_float(variables, x01, resolution, method):
   x = resize(x01.astype(jnp.float32), resolution)
   return _MODEL.apply(variables, x, method=method)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from invjax import compilation
 from invjax import data as data_lib
 from invjax import io
 from invjax.checks import InvjaxError
@@ -106,7 +107,7 @@ def make_extractor(config) -> Extractor:
   return EXTRACTORS[name](config)
 
 
-@functools.partial(jax.jit, static_argnames=("apply",))
+@functools.partial(compilation.jit, static_argnames=("apply",))
 def _embed_batch(apply, params, x_uint8):
   return apply(params, x_uint8.astype(jnp.float32) / 255.0)
 

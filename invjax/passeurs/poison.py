@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from invjax import compilation
 from invjax.checks import InvjaxError, check_finite, check_positive
 
 FeatureFn = Callable[[Any, jax.Array], jax.Array]
@@ -134,12 +135,12 @@ def _target_loss_grad(feature_fn, margin, params, x_uint8, y, w, b):
   return jax.grad(total_loss)(_to_float(x_uint8))
 
 
-@functools.partial(jax.jit, static_argnames=("feature_fn", "margin"))
+@functools.partial(compilation.jit, static_argnames=("feature_fn", "margin"))
 def _sign_step_batch(feature_fn, margin, params, x_uint8, y, w, b):
   return _sign_update(x_uint8, _target_loss_grad(feature_fn, margin, params, x_uint8, y, w, b))
 
 
-@functools.partial(jax.jit, static_argnames=("feature_fn", "margin"))
+@functools.partial(compilation.jit, static_argnames=("feature_fn", "margin"))
 def _momentum_step_batch(feature_fn, margin, params, x_uint8, y, w, b, velocity, momentum):
   grad = _target_loss_grad(feature_fn, margin, params, x_uint8, y, w, b)
   axes = tuple(range(1, grad.ndim))
@@ -148,7 +149,7 @@ def _momentum_step_batch(feature_fn, margin, params, x_uint8, y, w, b, velocity,
   return _sign_update(x_uint8, velocity), velocity
 
 
-@functools.partial(jax.jit, static_argnames=("feature_fn",))
+@functools.partial(compilation.jit, static_argnames=("feature_fn",))
 def _rotation_step_batch(feature_fn, params, x_uint8, target):
   def total_loss(x01):
     return jnp.sum(jnp.square(feature_fn(params, x01) - target))

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from invjax import compilation
 from invjax.checks import InvjaxError, check_finite, check_positive, check_rank, is_concrete
 from invjax.passeurs import svm_solvers
 
@@ -211,7 +212,7 @@ def duality_gap(params: SVMParams, alpha, features, labels, *, C: float = 1.0,
 # ----------------------------------------------------------------------------- fitting
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "solver"))
+@functools.partial(compilation.jit, static_argnames=("num_classes", "solver"))
 def _fit_core(features, labels, w0, b0, key, C, tol, bias, squared, max_iter, *, num_classes,
               solver):
   """Jitted solve; returns (SVMParams, SVMInfo). `bias`, `squared` (0/1) and `max_iter` are traced

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from invjax import checks
+from invjax import compilation
 
 Array = jax.Array
 _TINY = 1e-12
@@ -40,7 +41,7 @@ def _normalise(v: Array) -> Array:
   return v / jnp.maximum(n, _TINY).reshape((-1,) + (1,) * (v.ndim - 1))
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "num_iters"))
+@functools.partial(compilation.jit, static_argnames=("fn", "num_iters"))
 def _power_iteration(fn, x, v0, num_iters):
   _, jvp_fn = jax.linearize(fn, x)
   vjp_fn = jax.linear_transpose(jvp_fn, x)
