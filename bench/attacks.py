@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from invjax import compilation
 from invjax import data as data_lib
 from invjax import train
 from invjax.attacks import gradient
@@ -166,7 +167,7 @@ def bench_throughput(batch, repeats, cnn_steps):
   lines = [f"(a) PGD-20 L_inf, eps 8/255, step 2/255, batch {batch}, "
            f"{jax.devices()[0].platform.upper()} ({os.cpu_count()} cores); SmallCNN trained "
            f"{cnn_steps} steps, clean accuracy {clean_acc:.2f}; max |logit diff| JAX vs torch "
-           f"{diff:.1e}", "",
+           f"{diff:.1e}; invjax compiler options {compilation.compiler_options() or 'none'}", "",
            "| implementation | images/s | speed-up vs Foolbox | success rate |",
            "|---|---|---|---|"]
   fb_rate = batch / t_fb
