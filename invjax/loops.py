@@ -6,7 +6,12 @@ development machine (jax 0.10.2): one input-gradient step of `invjax.nets.cnn.Sm
 at batch 32 takes 105-117 ms unrolled, 330-365 ms inside `lax.fori_loop` / `while_loop`
 (any unroll factor) and 336 ms inside `lax.cond`; XLA flags do not change it.
 
-The attacks therefore trace their step loops as straight-line code on CPU: the step
+The cause (found later, see `invjax.conv`): the input gradient of a convolution is a
+convolution whose kernel dimension numbers XLA:CPU leaves non-canonical inside loop
+bodies, which sends it to a naive loop nest. Models built on `invjax.conv` (every invjax
+network) do not have the problem: with them a `while_loop` PGD step costs the same as an
+unrolled one. A user's model built on plain `flax.linen.Conv` / `lax.conv` still does.
+The attacks therefore keep tracing their step loops as straight-line code on CPU: the step
 count is static and bounded, and every step masks the examples that are already done, so
 the unrolled loop returns exactly what the `while_loop` returns; only the early exit of
 the whole batch (when every example is done) is lost. On GPU/TPU they keep one compiled

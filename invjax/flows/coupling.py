@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from invjax import checks
+from invjax import conv
 
 MASKS = ("checkerboard", "channel")
 
@@ -100,9 +101,9 @@ class Conditioner(nn.Module):
     out = self.multiplier * x.shape[-1]
     zeros = nn.initializers.zeros
     if x.ndim == 4:
-      h = nn.relu(nn.Conv(self.hidden, (3, 3), padding="SAME")(x))
-      h = nn.relu(nn.Conv(self.hidden, (1, 1))(h))
-      return nn.Conv(out, (3, 3), padding="SAME", kernel_init=zeros, bias_init=zeros)(h)
+      h = nn.relu(conv.Conv(self.hidden, (3, 3), padding="SAME")(x))
+      h = nn.relu(conv.Conv(self.hidden, (1, 1))(h))
+      return conv.Conv(out, (3, 3), padding="SAME", kernel_init=zeros, bias_init=zeros)(h)
     h = nn.relu(nn.Dense(self.hidden)(x))
     h = nn.relu(nn.Dense(self.hidden)(h))
     return nn.Dense(out, kernel_init=zeros, bias_init=zeros)(h)

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from invjax import checks
+from invjax import conv
 from invjax.flows.squeeze import squeeze2d, unsqueeze2d
 
 
@@ -36,9 +37,9 @@ class ResidualBranch(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    h = nn.relu(nn.Conv(self.hidden, (3, 3), padding="SAME")(x))
-    h = nn.relu(nn.Conv(self.hidden, (3, 3), padding="SAME")(h))
-    return nn.Conv(x.shape[-1], (3, 3), padding="SAME")(h)
+    h = nn.relu(conv.Conv(self.hidden, (3, 3), padding="SAME")(x))
+    h = nn.relu(conv.Conv(self.hidden, (3, 3), padding="SAME")(h))
+    return conv.Conv(x.shape[-1], (3, 3), padding="SAME")(h)
 
 
 def _check_even_channels(x, name):

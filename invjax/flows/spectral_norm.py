@@ -8,7 +8,7 @@ linear map it applies is at most `coeff` (i-ResNet, Behrmann et al. 2019):
 For a dense layer the operator is the weight matrix. For a convolution it is the
 *convolution map itself* on inputs of the shape the layer was initialised with
 (padding and strides included), not the reshaped kernel matrix: the power
-iteration applies `lax.conv_general_dilated` and its exact transpose
+iteration applies `invjax.conv.conv_general_dilated` (lax's convolution) and its exact transpose
 (`jax.linear_transpose`).
 
 The power-iteration vector `v` (a unit vector in the layer's input space) lives in
@@ -35,6 +35,7 @@ from jax import lax
 
 from invjax import checks
 from invjax import compilation
+from invjax import conv
 
 Array = jax.Array
 
@@ -149,8 +150,8 @@ class SpectralDense(nn.Module, _SpectralMixin):
 
 
 def _conv(x: Array, kernel: Array, strides: Tuple[int, int], padding) -> Array:
-  return lax.conv_general_dilated(x, kernel, strides, padding,
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return conv.conv_general_dilated(x, kernel, strides, padding,
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 class SpectralConv(nn.Module, _SpectralMixin):

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from invjax import checks
+from invjax import conv
 from invjax import data as data_lib
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -75,8 +76,8 @@ class SmallCNN(nn.Module):
     batch = x.shape[0]
     h = _normalise(x, self.mean, self.std)
     for width in self.widths:
-      h = nn.relu(nn.Conv(width, (3, 3))(h))
-      h = nn.relu(nn.Conv(width, (3, 3))(h))
+      h = nn.relu(conv.Conv(width, (3, 3))(h))
+      h = nn.relu(conv.Conv(width, (3, 3))(h))
       h = max_pool_2x2(h)
     h = jnp.mean(h, axis=(1, 2))
     logits = nn.Dense(self.num_classes)(h)
@@ -92,12 +93,12 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
-    h = nn.Conv(self.width, (3, 3), strides=self.stride, use_bias=False)(x)
+    h = conv.Conv(self.width, (3, 3), strides=self.stride, use_bias=False)(x)
     h = nn.relu(norm()(h))
-    h = nn.Conv(self.width, (3, 3), use_bias=False)(h)
+    h = conv.Conv(self.width, (3, 3), use_bias=False)(h)
     h = norm()(h)
     if self.stride != 1 or x.shape[-1] != self.width:
-      x = nn.Conv(self.width, (1, 1), strides=self.stride, use_bias=False)(x)
+      x = conv.Conv(self.width, (1, 1), strides=self.stride, use_bias=False)(x)
       x = norm()(x)
     return nn.relu(h + x)
 
@@ -123,7 +124,7 @@ class ResNet18(nn.Module):
     """x: float [batch, H, W, C] in [0, 1] -> logits [batch, num_classes]."""
     batch = x.shape[0]
     h = _normalise(x, self.mean, self.std)
-    h = nn.Conv(self.widths[0], (3, 3), use_bias=False)(h)
+    h = conv.Conv(self.widths[0], (3, 3), use_bias=False)(h)
     h = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(h))
     for stage, (width, n_blocks) in enumerate(zip(self.widths, self.blocks)):
       for i in range(n_blocks):

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from invjax import compilation
+from invjax import conv
 from invjax.checks import InvjaxError, check_images, check_rank
 
 FEATURE_DIM = 1280
@@ -169,7 +170,7 @@ def conv_same(x: jax.Array, kernel: jax.Array, stride: int = 1,
     return depthwise_conv(x, kernel, stride)
   if k == 1:
     return jnp.einsum("nhwc,cf->nhwf", x[:, ::stride, ::stride], kernel[0, 0])
-  return jax.lax.conv_general_dilated(
+  return conv.conv_general_dilated(
       x, kernel, window_strides=(stride, stride), padding="SAME",
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from invjax import compilation
+from invjax import conv
 from invjax import data as data_lib
 from invjax import io
 from invjax.checks import InvjaxError
@@ -69,10 +70,10 @@ def efficientnet_extractor(resolution: int = 32) -> Extractor:
 
 def _random_conv_apply(params, x01):
   dn = ("NHWC", "HWIO", "NHWC")
-  h = jax.nn.relu(jax.lax.conv_general_dilated(x01 - 0.5, params["k1"], (2, 2), "SAME",
-                                               dimension_numbers=dn))
-  h = jax.nn.relu(jax.lax.conv_general_dilated(h, params["k2"], (2, 2), "SAME",
-                                               dimension_numbers=dn))
+  h = jax.nn.relu(conv.conv_general_dilated(x01 - 0.5, params["k1"], (2, 2), "SAME",
+                                            dimension_numbers=dn))
+  h = jax.nn.relu(conv.conv_general_dilated(h, params["k2"], (2, 2), "SAME",
+                                            dimension_numbers=dn))
   b, hh, ww, c = h.shape
   h = h.reshape(b, 4, hh // 4, 4, ww // 4, c).mean(axis=(2, 4))
   return h.reshape(b, 16 * c)
