@@ -1,7 +1,9 @@
 """Tests of invjax.passeurs.svm against LIBLINEAR (liblinear-official) and closed forms.
 
-All tests share one 300 x 20 feature matrix so that few XLA programs compile: the Newton and the
+All tests use 300 x 20 feature matrices so that few XLA programs compile: the Newton and the
 dual CD programs for 3 classes, 2 classes and 10 classes (Newton), plus one jitted variant.
+`XS`, `YS` is a linearly separable problem (the optimal SVMs classify every training sample
+correctly, ~30-40 margin violators per class), `X3`, `Y3` a non-separable one.
 """
 import functools
 import warnings
@@ -15,22 +17,24 @@ from liblinear import liblinearutil
 
 from invjax.checks import InvjaxError
 from invjax.passeurs import svm
+from invjax.passeurs import svm_solvers
 
 N, D = 300, 20
 
 
-def _data(num_classes, seed=0):
-  """Non-negative, partially separable features (ReLU of a class signal plus noise)."""
+def _data(num_classes, seed=0, strength=0.6):
+  """Non-negative features (ReLU of a class signal plus noise); separable for strength 1.5."""
   rng = np.random.default_rng(seed)
   y = rng.integers(0, num_classes, N).astype(np.int32)
   means = rng.normal(size=(num_classes, D))
-  x = np.maximum(0.6 * means[y] + rng.normal(size=(N, D)), 0.0)
+  x = np.maximum(strength * means[y] + rng.normal(size=(N, D)), 0.0)
   return (0.3 * x).astype(np.float32), y
 
 
 X3, Y3 = _data(3)
 Y2 = (Y3 == 1).astype(np.int32)        # two classes, unbalanced
 X10, Y10 = _data(10, seed=1)
+XS, YS = _data(3, seed=2, strength=1.5)
 
 
 def _numpy_objective(w, b, x, y, loss, c=1.0):
@@ -43,10 +47,12 @@ def _numpy_objective(w, b, x, y, loss, c=1.0):
 
 
 @functools.lru_cache(maxsize=None)
-def _liblinear(which, loss, bias, eps):
-  """LIBLINEAR's (w [K, d], b [K]) in our class order, from its decision functions."""
-  x, y = {"3": (X3, Y3), "2": (X3, Y2), "10": (X10, Y10)}[which]
-  solver = {"squared_hinge": 1, "hinge": 3}[loss]
+def _liblinear(which, loss, bias, eps, solver=None):
+  """LIBLINEAR's (w [K, d], b [K]) in our class order, from its decision functions.
+
+  `solver`: LIBLINEAR's -s (default 1 for the squared hinge, 3 for the hinge)."""
+  x, y = _data_for(which)
+  solver = solver or {"squared_hinge": 1, "hinge": 3}[loss]
   b_flag = 1 if bias else -1
   prob = liblinearutil.problem(y.astype(np.float64), x.astype(np.float64), bias=b_flag)
   param = liblinearutil.parameter(f"-s {solver} -c 1 -B {b_flag} -e {eps} -q")
@@ -66,7 +72,7 @@ def _liblinear(which, loss, bias, eps):
 
 
 def _data_for(which):
-  return {"3": (X3, Y3), "2": (X3, Y2), "10": (X10, Y10)}[which]
+  return {"3": (X3, Y3), "2": (X3, Y2), "10": (X10, Y10), "sep": (XS, YS)}[which]
 
 
 @pytest.mark.parametrize("which", ["3", "2"])
@@ -161,6 +167,124 @@ def test_not_converged_warns():
   with pytest.warns(RuntimeWarning, match="did not reach"):
     _, info = svm.fit(X3, Y3, max_iter=1, tol=1e-7, return_info=True)
   assert not bool(np.all(info.converged))
+
+
+# ----------------------------------------------------------------------------- stopping rules
+
+
+def _numpy_scaled_gradient(w, b, x, y, bias, c=1.0):
+  """LIBLINEAR -s 2's ||grad P(w)|| / (max(min(pos, neg), 1) / n * ||grad P(0)||), float64."""
+  w, b, x = np.asarray(w, np.float64), np.asarray(b, np.float64), np.asarray(x, np.float64)
+  sign = np.where(y[:, None] == np.arange(w.shape[0]), 1.0, -1.0)       # [n, K]
+  z = x @ w.T + b
+  r = np.where(sign * z < 1, z - sign, 0.0)
+  gw = w + 2 * c * r.T @ x
+  gb = (b + 2 * c * r.sum(0)) if bias else np.zeros_like(b)
+  g0 = 2 * c * np.sqrt(np.sum((sign.T @ x) ** 2, 1) + (sign.sum(0) ** 2 if bias else 0.0))
+  pos = (sign > 0).sum(0)
+  scale = np.maximum(np.minimum(pos, len(y) - pos), 1) / len(y)
+  return np.sqrt(np.sum(gw * gw, 1) + gb * gb) / (scale * g0)
+
+
+def _numpy_dual_violation(alpha, w, b, x, y, bias, c=1.0):
+  """max(PG, 0) - min(PG, 0) over all samples of the squared-hinge dual at (alpha, w), float64."""
+  w, b, x = np.asarray(w, np.float64), np.asarray(b, np.float64), np.asarray(x, np.float64)
+  alpha = np.asarray(alpha, np.float64)
+  sign = np.where(y[:, None] == np.arange(w.shape[0]), 1.0, -1.0)
+  g = sign * (x @ w.T + (b if bias else 0.0)) - 1 + alpha.T / (2 * c)
+  pg = np.where(alpha.T <= 0, np.minimum(g, 0.0), g)
+  return np.maximum(pg.max(0), 0.0) - np.minimum(pg.min(0), 0.0)
+
+
+@pytest.mark.parametrize("which", ["sep", "3"])
+@pytest.mark.parametrize("solver", ["newton", "dual_cd"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_tight_tol_reaches_liblinear_optimum(which, solver, bias):
+  """With a tight tol both solvers reach the optimum of LIBLINEAR -s 2 -e 1e-8 (the reference),
+  on a separable and on a non-separable problem, to ~1e-6 relative (float32)."""
+  x, y = _data_for(which)
+  params, info = svm.fit(x, y, solver=solver, tol=1e-4, bias=bias, return_info=True)
+  assert bool(np.all(info.converged))
+  w_ref, b_ref = _liblinear(which, "squared_hinge", bias, 1e-8, solver=2)
+  ref = _numpy_objective(w_ref, b_ref, x, y, "squared_hinge")
+  if which == "sep":     # the problem is separable: the optimal SVMs make no training error
+    sign = np.where(y[:, None] == np.arange(3), 1.0, -1.0)
+    assert np.all(sign * (x @ w_ref.T + b_ref) > 0)
+  ours = _numpy_objective(params.w, params.b, x, y, "squared_hinge")
+  np.testing.assert_array_less(np.abs(ours - ref) / ref, 1e-5)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_newton_stops_on_liblinear_gradient_rule(bias):
+  """converged <=> ||grad P|| <= tol * max(min(pos, neg), 1) / n * ||grad P(0)||, checked in float64;
+  the reported residual is that ratio."""
+  params, info = svm.fit(XS, YS, bias=bias, return_info=True)
+  residual = _numpy_scaled_gradient(params.w, params.b, XS, YS, bias)
+  tol = svm.DEFAULT_TOL["newton"]
+  assert bool(np.all(info.converged))
+  np.testing.assert_array_less(residual, tol * 1.01)
+  np.testing.assert_allclose(info.residual, residual, rtol=0.02)
+  # One Newton step is not enough: not converged, and the gradient is really above the rule.
+  with pytest.warns(RuntimeWarning, match="did not reach"):
+    params, info = svm.fit(XS, YS, bias=bias, max_iter=1, return_info=True)
+  residual = _numpy_scaled_gradient(params.w, params.b, XS, YS, bias)
+  assert not bool(np.any(info.converged))
+  assert np.all(residual > tol)
+  np.testing.assert_allclose(info.residual, residual, rtol=0.02)
+  assert np.all(np.asarray(info.iterations) == 1)
+
+
+def test_newton_residual_cg_rule_and_jacobi_preconditioner():
+  """The non-default CG rule (||H s + g|| <= 0.1 ||g||, TRON's) and the plain Jacobi
+  preconditioner (the former defaults) also converge to the reference optimum."""
+  xb, valid = svm_solvers.to_blocks(jnp.asarray(XS), 128)
+  yb, _ = svm_solvers.to_blocks(jnp.where(YS[:, None] == np.arange(3), 1.0, -1.0), 128)
+  res = jax.jit(lambda xb, yb: svm_solvers.newton_squared_hinge(
+      xb, valid, yb, jnp.zeros((3, D)), jnp.zeros(3), c=1.0, fit_bias=False, eps=1e-4,
+      max_iter=100, cg_rule="residual", cg_eps=0.1, precond_mix=1.0))(xb, yb)
+  assert bool(np.all(res.converged))
+  np.testing.assert_array_less(_numpy_scaled_gradient(res.w, res.b, XS, YS, False), 1e-4 * 1.01)
+  w_ref, b_ref = _liblinear("sep", "squared_hinge", False, 1e-8, solver=2)
+  ours = _numpy_objective(res.w, res.b, XS, YS, "squared_hinge")
+  ref = _numpy_objective(w_ref, b_ref, XS, YS, "squared_hinge")
+  np.testing.assert_array_less(np.abs(ours - ref) / ref, 1e-5)
+
+
+def test_dual_cd_shrinking():
+  """Shrinking visits fewer coordinates than full epochs, yet `converged` holds on ALL samples:
+  when the active set meets the rule, LIBLINEAR re-checks on a full epoch (without that check,
+  the violation at exit exceeds tol: 1.26 tol at tol = 0.01 here), and the solution equals the
+  one without shrinking."""
+  for tol in (1e-2, 1e-3):
+    params, info = svm.fit(XS, YS, solver="dual_cd", tol=tol, return_info=True)
+    assert bool(np.all(info.converged))
+    visits, epochs = np.asarray(info.inner_iterations), np.asarray(info.iterations)
+    assert np.all(visits < 0.7 * epochs * N)          # shrinking skipped > 30% of the visits
+    np.testing.assert_array_less(np.asarray(info.residual), tol)
+    # The dual violation at the returned point (alpha, w at exit), over all samples.
+    violation = _numpy_dual_violation(info.alpha, params.w, params.b, XS, YS, False)
+    np.testing.assert_array_less(violation, tol)
+  # Same problem without shrinking (the solver called directly): same objective.
+  y = jnp.where(YS[None, :] == jnp.arange(3)[:, None], 1.0, -1.0)
+  x = jnp.asarray(XS)
+  solve = lambda yy: svm_solvers.dual_cd(
+      x, jnp.sum(x * x, 1), yy, jnp.zeros_like(yy), c=1.0, squared=True, fit_bias=0.0, tol=tol,
+      max_iter=1000, key=jax.random.PRNGKey(0), shrinking=False)
+  full = jax.jit(lambda y: jax.lax.map(solve, y))(y)
+  assert bool(np.all(full.converged))
+  np.testing.assert_array_equal(full.inner_iterations, full.iterations * N)
+  ref = _numpy_objective(full.w, full.b, XS, YS, "squared_hinge")
+  ours = _numpy_objective(params.w, params.b, XS, YS, "squared_hinge")
+  np.testing.assert_allclose(ours, ref, rtol=1e-4)
+
+
+def test_dual_cd_not_converged():
+  with pytest.warns(RuntimeWarning, match="did not reach"):
+    params, info = svm.fit(XS, YS, solver="dual_cd", max_iter=3, return_info=True)
+  assert not bool(np.any(info.converged))
+  assert np.all(np.asarray(info.iterations) == 3)
+  violation = _numpy_dual_violation(info.alpha, params.w, params.b, XS, YS, False)
+  assert np.all(violation > svm.DEFAULT_TOL["dual_cd"])
 
 
 class JitTest(chex.TestCase):
