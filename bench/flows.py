@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bench import report
 from invjax import data
 from invjax.flows import iresnet
 from invjax.flows.spectral_norm import converge_spectral_norms
@@ -193,10 +194,7 @@ def main(argv):
               f"{FLAGS.batch_size})\n", throughput_table(np.asarray(data.load("cifar10_mini",
                                                                               "train").x))]
   text = "\n".join(parts) + "\n"
-  print(text)
-  if FLAGS.out:
-    with open(FLAGS.out, "w") as f:
-      f.write(text)
+  report.emit(text, FLAGS.out)
 
 
 if __name__ == "__main__":
