@@ -11,17 +11,19 @@ convolution whose kernel dimension numbers XLA:CPU leaves non-canonical inside l
 bodies, which sends it to a naive loop nest. Models built on `invjax.conv` (every invjax
 network) do not have the problem: with them a `while_loop` PGD step costs the same as an
 unrolled one. A user's model built on plain `flax.linen.Conv` / `lax.conv` still does.
-The attacks therefore keep tracing their step loops as straight-line code on CPU: the step
+The attacks therefore trace their step loops as straight-line code on CPU when the model
+uses lax's convolution (`resolve_unroll` looks at the model's jaxpr): the step
 count is static and bounded, and every step masks the examples that are already done, so
 the unrolled loop returns exactly what the `while_loop` returns; only the early exit of
 the whole batch (when every example is done) is lost. On GPU/TPU they keep one compiled
-`lax.while_loop`. `unroll=None` picks by `jax.default_backend()` and the loop length.
+`lax.while_loop`. `unroll=None` picks by `jax.default_backend()`, the loop length and the model.
 """
 from __future__ import annotations
 
 from typing import Callable, Optional, TypeVar
 
 import jax
+import jax.extend.core as jax_core
 
 State = TypeVar("State")
 
@@ -31,11 +33,43 @@ State = TypeVar("State")
 MAX_AUTO_UNROLL = 100
 
 
-def resolve_unroll(unroll: Optional[bool], num_steps: int) -> bool:
-  """`unroll` if given; None: True on the CPU backend for at most `MAX_AUTO_UNROLL` steps."""
-  if unroll is None:
-    return jax.default_backend() == "cpu" and int(num_steps) <= MAX_AUTO_UNROLL
-  return bool(unroll)
+# lax's convolution: its input gradient is what XLA:CPU runs slowly inside loop bodies.
+_SLOW_IN_LOOPS = "conv_general_dilated"
+
+
+def _primitives(jaxpr) -> set:
+  """Names of every primitive in `jaxpr` and its sub-jaxprs (jit, custom_jvp, scan, ...)."""
+  names = set()
+  stack = [jaxpr]
+  while stack:
+    j = stack.pop()
+    names.update(e.primitive.name for e in j.eqns)
+    stack.extend(jax_core.subjaxprs(j))
+  return names
+
+
+def has_lax_convolution(fn: Callable, *args) -> bool:
+  """Whether `fn(*args)` traces to a `lax.conv_general_dilated` (not `invjax.conv`'s).
+
+  Traced abstractly (shapes only, nothing runs); `args` may be arrays, tracers or
+  `jax.ShapeDtypeStruct`s.
+  """
+  specs = [jax.ShapeDtypeStruct(jax.numpy.shape(a), jax.numpy.result_type(a)) for a in args]
+  return _SLOW_IN_LOOPS in _primitives(jax.make_jaxpr(fn)(*specs).jaxpr)
+
+
+def resolve_unroll(unroll: Optional[bool], num_steps: int,
+                   model: Optional[Callable] = None, *model_args) -> bool:
+  """`unroll` if given. None: True on the CPU backend for at most `MAX_AUTO_UNROLL` steps,
+  and, when `model` (with example `model_args`) is given, only if it uses lax's convolution:
+  a model without one (dense layers, or every invjax network, built on `invjax.conv`) runs
+  as fast in a `while_loop`, which also exits once every example is done and compiles once.
+  """
+  if unroll is not None:
+    return bool(unroll)
+  if jax.default_backend() != "cpu" or int(num_steps) > MAX_AUTO_UNROLL:
+    return False
+  return model is None or has_lax_convolution(model, *model_args)
 
 
 def bounded_while(cond: Callable[[State], jax.Array], body: Callable[[State], State],

@@ -266,8 +266,9 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Ar
     loss: "ce" or "margin" (static).
     unroll: trace the `num_steps * num_restarts` steps as straight-line code instead of a
       `lax.while_loop` (same result; no early exit of the whole batch). None: unroll on
-      CPU up to 100 steps in all, as XLA:CPU runs convolutions inside loops ~3x slower
-      (`invjax.loops`).
+      CPU up to 100 steps in all when `logits_fn` uses lax's convolution, whose input
+      gradient XLA:CPU runs ~5x slower inside loops (`invjax.loops`; invjax networks use
+      `invjax.conv` and keep the loop).
 
   Returns:
     AttackResult; `num_grad_evals` is int32 [batch]: the gradient evaluations
@@ -290,7 +291,7 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Ar
       jnp.asarray(step_size, jnp.float32), (batch,))
   return _pgd(logits_fn, jnp.asarray(x), jnp.asarray(y), key, eps, alpha, num_steps=num_steps,
               norm=norm, random_start=random_start, early_stop=early_stop, targeted=targeted,
-              num_restarts=num_restarts, loss=loss, unroll=loops.resolve_unroll(unroll, num_steps * num_restarts))
+              num_restarts=num_restarts, loss=loss, unroll=loops.resolve_unroll(unroll, num_steps * num_restarts, logits_fn, x))
 
 
 @functools.partial(compilation.jit, static_argnames=(
