@@ -7,7 +7,8 @@ the same process (the switch is read when a function is traced) and timed in tur
 `--repeats` rounds; the table gives medians. Every pair is checked to return the same values.
 
 Workloads, on `invjax.nets.cnn.SmallCNN` (random weights; CIFAR-size inputs, `--batch`):
-  * PGD-10 L_inf in one `lax.while_loop` (`unroll=False`) and unrolled (the CPU default);
+  * PGD-10 L_inf in one `lax.while_loop` (`unroll=False`, the CPU default for invjax networks)
+    and unrolled (`unroll=True`, the CPU default for models on lax's convolution);
   * Carlini-Wagner L2, 2 binary-search steps x 10 Adam steps (a `while_loop`);
   * `robust.lipschitz.local_lipschitz`, 10 power iterations (JVP + VJP in a `fori_loop`);
 and one training step (value and gradient of the NLL) of the smoke i-ResNet
@@ -71,7 +72,7 @@ def _workloads(batch):
   flow_step = compilation.jit(jax.value_and_grad(nll))
   return {
       "PGD-10, lax.while_loop": pgd(False),
-      "PGD-10, unrolled (CPU default)": pgd(True),
+      "PGD-10, unrolled (unroll=True)": pgd(True),
       "Carlini-Wagner L2, 2 x 10 steps": lambda: gradient.carlini_wagner_l2(
           logits_fn, x, y, binary_search_steps=2, num_steps=10).x_adv,
       "local Lipschitz, 10 power iterations": lambda: lipschitz.local_lipschitz(
