@@ -4,7 +4,10 @@ r"""Attack benchmark (CPU by default), in one run:
     CIFAR CNN (`invjax.nets.cnn.SmallCNN`, weights copied into an equivalent torch
     module; the two forwards are checked to agree), and torchattacks when it is
     importable (it is not installed by default: `pip install --dry-run torchattacks`
-    wants to replace torch). Same batch, epsilon 8/255, step 2/255, random start, all
+    wants to replace torch), and a hand-written PyTorch PGD loop (no library, frozen
+    weights: the equal-work floor of the PyTorch side). invjax runs twice: with the batch
+    split over one JAX CPU device per core (`--cpu_devices=-1`, the default, as
+    `launch/attack.py` does; `invjax.parallel.call_sharded`) and on one device. Same batch, epsilon 8/255, step 2/255, random start, all
     20 steps for every image (no early stop). Target: invjax >= 1.5x Foolbox. The
     reference Foolbox row runs the torch model with frozen weights (`requires_grad_(False)`):
     Foolbox's `loss.backward()` otherwise also computes every weight gradient, work invjax
@@ -39,6 +42,7 @@ import optax
 from bench import report
 from invjax import compilation
 from invjax import data as data_lib
+from invjax import parallel
 from invjax import train
 from invjax.attacks import gradient
 from invjax.attacks import latent
@@ -51,6 +55,8 @@ flags.DEFINE_string("clf_dir", "/tmp/invjax_bench_classifier",
                     "Workdir of the invertible classifier (trained there if missing).")
 flags.DEFINE_string("out", None, "Also write the markdown tables to this file.")
 flags.DEFINE_enum("part", "all", ["all", "a", "b"], "Run both parts, or only (a) or (b).")
+flags.DEFINE_integer("cpu_devices", -1, "JAX CPU devices (set before JAX starts): -1 one per "
+                     "core, 0 JAX's default (one). invjax rows split their batch over them.")
 FLAGS = flags.FLAGS
 
 EPS = 8 / 255
@@ -152,11 +158,29 @@ def bench_throughput(batch, repeats, cnn_steps):
     diff = float(np.abs(tmodel(xt).numpy() - np.asarray(logits_fn(x))).max())
   clean_acc = float(np.mean(np.argmax(np.asarray(logits_fn(x)), 1) == np.asarray(y)))
 
-  def run_invjax():
-    res = gradient.pgd(logits_fn, x, y, key=jax.random.PRNGKey(0), epsilon=EPS, step_size=STEP,
-                       num_steps=20, norm="linf", random_start=True, early_stop=False)
-    jax.block_until_ready(res.x_adv)
-    return float(np.mean(np.asarray(res.success)))
+  def invjax_pgd(xb, yb):
+    return gradient.pgd(logits_fn, xb, yb, key=jax.random.PRNGKey(0), epsilon=EPS, step_size=STEP,
+                        num_steps=20, norm="linf", random_start=True, early_stop=False)
+
+  def invjax_runner(split):
+    def run():
+      res = parallel.call_sharded(invjax_pgd, x, y) if split else invjax_pgd(x, y)
+      jax.block_until_ready(res.x_adv)
+      return float(np.mean(np.asarray(res.success)))
+    return run
+
+  def run_torch_loop():
+    """PGD-20 as a plain PyTorch loop: the same steps, no library around them."""
+    g = torch.Generator().manual_seed(0)
+    x0 = xt
+    xa = (x0 + (torch.rand(x0.shape, generator=g) * 2 - 1) * EPS).clamp(0, 1)
+    for _ in range(20):
+      xa.requires_grad_(True)
+      loss = torch.nn.functional.cross_entropy(frozen(xa), yt)
+      grad, = torch.autograd.grad(loss, xa)
+      xa = torch.min(torch.max(xa.detach() + STEP * grad.sign(), x0 - EPS), x0 + EPS).clamp(0, 1)
+    with torch.no_grad():
+      return float((frozen(xa).argmax(1) != yt).float().mean())
 
   fb_attack = fb.attacks.LinfPGD(steps=20, abs_stepsize=STEP, random_start=True)
 
@@ -172,8 +196,13 @@ def bench_throughput(batch, repeats, cnn_steps):
   # every weight that requires one (nn.Module's default, and Foolbox's documented usage).
   # The reference row freezes the weights: the same work as invjax's input gradient.
   frozen = _torch_cnn(variables).requires_grad_(False)
-  fns = {FOOLBOX: foolbox_runner(frozen), "invjax (JAX, jit)": run_invjax,
-         "Foolbox 3.3, weights requiring grad": foolbox_runner(tmodel)}
+  devices = jax.local_device_count()
+  fns = {FOOLBOX: foolbox_runner(frozen)}
+  if devices > 1:
+    fns[f"invjax, batch split over {devices} CPU devices"] = invjax_runner(True)
+  fns["invjax, one device"] = invjax_runner(False)
+  fns["Foolbox 3.3, weights requiring grad"] = foolbox_runner(tmodel)
+  fns["PyTorch hand-written loop, frozen weights"] = run_torch_loop
   try:
     import torchattacks  # pylint: disable=g-import-not-at-top
     ta = torchattacks.PGD(tmodel, eps=EPS, alpha=STEP, steps=20, random_start=True)
@@ -193,8 +222,10 @@ def bench_throughput(batch, repeats, cnn_steps):
   lines = [f"(a) PGD-20 L_inf, eps 8/255, step 2/255, batch {batch}, "
            f"{jax.devices()[0].platform.upper()} ({os.cpu_count()} cores); SmallCNN trained "
            f"{cnn_steps} steps, clean accuracy {clean_acc:.2f}; max |logit diff| JAX vs torch "
-           f"{diff:.1e}; invjax compiler options {compilation.compiler_options() or 'none'}; "
-           f"{repeats} interleaved rounds", "",
+           f"{diff:.1e}; invjax compiler options: one device "
+           f"{compilation.compiler_options(1) or 'none'}, {devices} devices "
+           f"{compilation.compiler_options(devices) or 'none'}; torch threads "
+           f"{torch.get_num_threads()}; {repeats} interleaved rounds", "",
            "| implementation | images/s (median) | speed-up vs Foolbox, median (min-max) "
            "| success rate |",
            "|---|---|---|---|"]
@@ -223,6 +254,8 @@ def bench_latent(batch, repeats, clf_dir):
   if not os.path.isdir(os.path.join(clf_dir, train.CHECKPOINT_DIR)):
     attack_launch._train_smoke(config, model, train_ds, clf_dir)  # pylint: disable=protected-access
   variables, step = attack_launch.load_classifier(config, model, clf_dir)
+  if jax.local_device_count() > 1:  # on every device, next to the split batch
+    variables = parallel.replicate(variables, parallel.data_mesh())
   logits_fn = jax.jit(lambda v: model.apply(
       variables, model.apply(variables, v, method="encode"), method="logits"))
   x_all = data_lib.to_float(test.x)
@@ -232,34 +265,35 @@ def bench_latent(batch, repeats, clf_dir):
   n = len(correct)
 
   runs = {
-      "PGD-50 (pixels)": lambda: gradient.pgd(
-          logits_fn, x, y, key=jax.random.PRNGKey(0), epsilon=EPS, step_size=2.5 * EPS / 50,
+      "PGD-50 (pixels)": lambda xb, yb: gradient.pgd(
+          logits_fn, xb, yb, key=jax.random.PRNGKey(0), epsilon=EPS, step_size=2.5 * EPS / 50,
           num_steps=50, norm="linf", early_stop=False),
-      "PGD-50, early stop": lambda: gradient.pgd(
-          logits_fn, x, y, key=jax.random.PRNGKey(0), epsilon=EPS, step_size=2.5 * EPS / 50,
+      "PGD-50, early stop": lambda xb, yb: gradient.pgd(
+          logits_fn, xb, yb, key=jax.random.PRNGKey(0), epsilon=EPS, step_size=2.5 * EPS / 50,
           num_steps=50, norm="linf", early_stop=True),
-      "latent closed form": lambda: latent.latent_attack_from_model(
-          model, variables, x, y, method="closed_form", norm="linf", epsilon=EPS),
-      "latent closed form, no line search": lambda: latent.latent_attack_from_model(
-          model, variables, x, y, method="closed_form", norm="linf", epsilon=EPS,
+      "latent closed form": lambda xb, yb: latent.latent_attack_from_model(
+          model, variables, xb, yb, method="closed_form", norm="linf", epsilon=EPS),
+      "latent closed form, no line search": lambda xb, yb: latent.latent_attack_from_model(
+          model, variables, xb, yb, method="closed_form", norm="linf", epsilon=EPS,
           step_scales=()),
-      "latent Jacobian, 1 iter, top-3": lambda: latent.latent_attack_from_model(
-          model, variables, x, y, method="jacobian", norm="linf", epsilon=EPS, num_iters=1,
+      "latent Jacobian, 1 iter, top-3": lambda xb, yb: latent.latent_attack_from_model(
+          model, variables, xb, yb, method="jacobian", norm="linf", epsilon=EPS, num_iters=1,
           num_candidates=3),
-      "latent Jacobian, 1 iter, top-3, no line search": lambda: latent.latent_attack_from_model(
-          model, variables, x, y, method="jacobian", norm="linf", epsilon=EPS, num_iters=1,
+      "latent Jacobian, 1 iter, top-3, no line search": lambda xb, yb: latent.latent_attack_from_model(
+          model, variables, xb, yb, method="jacobian", norm="linf", epsilon=EPS, num_iters=1,
           num_candidates=3, step_scales=()),
-      "latent Jacobian, 3 iters": lambda: latent.latent_attack_from_model(
-          model, variables, x, y, method="jacobian", norm="linf", epsilon=EPS, num_iters=3),
+      "latent Jacobian, 3 iters": lambda xb, yb: latent.latent_attack_from_model(
+          model, variables, xb, yb, method="jacobian", norm="linf", epsilon=EPS, num_iters=3),
   }
   lines = [f"(b) L_inf eps 8/255 on the smoke Glow classifier (step {step}, "
-           f"{n} correctly classified test images)", "",
+           f"{n} correctly classified test images, split over {jax.local_device_count()} "
+           "device(s))", "",
            "| attack | success | median L2 | median L_inf | ms / example | time vs PGD-50 |",
            "|---|---|---|---|---|---|"]
   t_pgd = None
   for name, fn in runs.items():
     def timed(fn=fn):
-      res = fn()
+      res = parallel.call_sharded(fn, x, y)
       jax.block_until_ready(res.x_adv)
       return res
     t, res = _best_time(timed, repeats)
@@ -277,6 +311,8 @@ def bench_latent(batch, repeats, clf_dir):
 
 def main(argv):
   del argv
+  if FLAGS.cpu_devices:
+    parallel.cpu_cores_as_devices(None if FLAGS.cpu_devices < 0 else FLAGS.cpu_devices)
   out = []
   if FLAGS.part in ("all", "a"):
     out.append(bench_throughput(FLAGS.batch, FLAGS.repeats, FLAGS.cnn_steps))

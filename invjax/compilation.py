@@ -1,18 +1,24 @@
-"""`jit`: `jax.jit` with XLA:CPU compiler options that make CIFAR-size CNNs ~1.6x faster.
+"""`jit`: `jax.jit` with the XLA:CPU convolution library chosen from the cores per device.
 
 The XLA:CPU of jaxlib 0.10 hands every convolution to the YNNPACK library by default
 (the library-fusion list `xla_cpu_experimental_ynn_fusion_type` defaults to individual
-convolutions). On the 3x3 convolutions of a CIFAR CNN YNNPACK is about half as fast as
-XLA's own (Eigen) convolution kernels. `jit` compiles with that list set to individual
-dots only, so convolutions go back to XLA's kernels (dense layers stay on YNNPACK).
-Measured on the 2-core development machine (jax 0.10.2, `SmallCNN`, batch 32, median ms):
+convolutions). YNNPACK runs each convolution on one thread; XLA's own (Eigen) convolution
+kernels use all the threads of the device. When a computation's device has several cores
+to itself (JAX's default on a CPU: one device for the whole machine), `jit` compiles with
+that list set to individual dots only, so convolutions go back to XLA's kernels (dense
+layers stay on YNNPACK). When its arguments are split over several CPU devices, e.g. one
+per core (`invjax.parallel.cpu_cores_as_devices` + `call_sharded`), each device has one
+core and YNNPACK, faster per core, is kept. Measured on the 2-core development machine
+(jax 0.10.2, `SmallCNN`):
 
   |                                   | default | `jit` |
   |---|---|---|
   | one 32x32x32 -> 32 3x3 convolution, forward / input gradient | 20 / 21 | 10 / 10 |
-  | forward of `SmallCNN` (weights as arguments)                 | 67 | 45 |
-  | input gradient of `SmallCNN` (one attack step)               | 154 | 88-95 |
-  | PGD-20, images/s (`bench/attacks.py --part=a --batch=128`)   | 11.4 (0.96x Foolbox) | 16.6 (1.47x) |
+  | forward of `SmallCNN` (weights as arguments), batch 32, ms   | 67 | 45 |
+  | input gradient of `SmallCNN` (one attack step), batch 32, ms | 154 | 88-95 |
+  | PGD-20 batch 128, images/s, one device                      | 32.8 | 47.8 |
+  | the same pinned to one core (`taskset -c 0`)                 | 28.5 | 25.4 (Eigen) |
+  | the same, batch split over 2 devices (one per core)         | 56.0 | 56.0 (YNNPACK kept) |
 
 Results agree with the default compilation to float rounding (~1e-6 relative).
 
@@ -36,6 +42,8 @@ from typing import Any, Callable, Dict, Optional
 import jax
 import jax.numpy as jnp
 
+from invjax import parallel
+
 ENV_VAR = "INVJAX_CPU_LIBRARY_FUSION"
 # Replaces the default list (individual convolutions) by individual dots.
 CPU_LIBRARY_FUSION = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
@@ -52,13 +60,31 @@ def _cpu_fusion_supported() -> bool:
   return True
 
 
-def compiler_options() -> Dict[str, Any]:
-  """The compiler options `jit` adds: `CPU_LIBRARY_FUSION` on a supporting CPU, else {}."""
+def compiler_options(num_devices: int = 1) -> Dict[str, Any]:
+  """The options `jit` adds for a call whose arguments span `num_devices` devices.
+
+  `CPU_LIBRARY_FUSION` when the default backend is a CPU whose compiler accepts it and
+  each of the devices has at least two cores (`parallel.available_cores() // num_devices
+  >= 2`): multi-threaded XLA convolutions beat single-threaded YNNPACK there. Otherwise
+  (one core per device, another backend, or `INVJAX_CPU_LIBRARY_FUSION=0`) {}.
+  """
   if os.environ.get(ENV_VAR, "1").strip().lower() in ("0", "false", "no", "off"):
     return {}
   if jax.default_backend() != "cpu" or not _cpu_fusion_supported():
     return {}
+  if parallel.available_cores() // max(1, int(num_devices)) < 2:
+    return {}
   return dict(CPU_LIBRARY_FUSION)
+
+
+def _num_devices(tree) -> int:
+  """The largest number of devices an array of `tree` is placed on (1 for host values)."""
+  n = 1
+  for leaf in jax.tree_util.tree_leaves(tree):
+    sharding = getattr(leaf, "sharding", None)
+    if sharding is not None:
+      n = max(n, len(sharding.device_set))
+  return n
 
 
 def _has_tracer(tree) -> bool:
@@ -77,16 +103,20 @@ class _LazyJit:
     self._fun = fun
     self._jit_kwargs = jit_kwargs
     self._plain = None
-    self._fast = None
+    self._by_devices: Dict[int, Callable] = {}  # devices spanned -> jitted function
     functools.update_wrapper(self, fun)
 
   def _pick(self, args, kwargs):
     if self._plain is None:
       self._plain = jax.jit(self._fun, **self._jit_kwargs)
-      options = compiler_options()
-      self._fast = (jax.jit(self._fun, compiler_options=options, **self._jit_kwargs)
-                    if options else self._plain)
-    return self._plain if _has_tracer((args, kwargs)) else self._fast
+    if _has_tracer((args, kwargs)):
+      return self._plain
+    n = _num_devices((args, kwargs))
+    if n not in self._by_devices:
+      options = compiler_options(n)
+      self._by_devices[n] = (jax.jit(self._fun, compiler_options=options, **self._jit_kwargs)
+                             if options else self._plain)
+    return self._by_devices[n]
 
   def __call__(self, *args, **kwargs):
     fn = self._pick(args, kwargs)
@@ -109,7 +139,8 @@ class _LazyJit:
     return self._plain_jit().eval_shape(*args, **kwargs)
 
   def _plain_jit(self):
-    self._pick((), {})
+    if self._plain is None:
+      self._plain = jax.jit(self._fun, **self._jit_kwargs)
     return self._plain
 
 

@@ -19,6 +19,11 @@ Budgeted attacks (fgsm, pgd) run once per epsilon; minimal-distance attacks (cw 
 the latent attacks) run once, and their success at epsilon is `success and
 distance <= epsilon` (the usual robustness curve).
 
+On a CPU the attacked batch is split over one JAX device per core (`--cpu_devices=-1`, the
+default; `invjax.parallel.call_sharded`): every attack of the smoke config ran faster so on
+2 cores; `--cpu_devices=0` keeps JAX's single device. Results are the same up to float
+rounding.
+
   python -m launch.attack --config=launch/configs/attack_smoke.py --workdir=/tmp/attack_smoke
 """
 from __future__ import annotations
@@ -42,6 +47,7 @@ import optax
 
 from invjax import data as data_lib
 from invjax import io
+from invjax import parallel
 from invjax import train
 from invjax.attacks import gradient
 from invjax.attacks import invariance
@@ -217,8 +223,12 @@ def _timed(fn):
 
 def run_attack(name: str, ctx: Context, x, y, epsilons, key) -> Tuple[Dict[str, Any], Any]:
   """Success rate per epsilon and summary numbers of one attack; returns (row, a result)."""
-  runner, budgeted = ATTACKS[name]
+  attack, budgeted = ATTACKS[name]
   norm = ctx.config.norm
+
+  def runner(ctx, x, y, eps, key):  # the batch split over the local devices (if several)
+    return parallel.call_sharded(lambda xb, yb: attack(ctx, xb, yb, eps, key), x, y)
+
   row: Dict[str, Any] = {"attack": name, "success": {}}
   if budgeted:
     total, last = 0.0, None
@@ -323,6 +333,8 @@ def run(config, workdir: str, data_dir: str | None = None) -> Dict[str, Any]:
     logging.info("training a classifier in %s", ckpt_dir)
     _train_smoke(config, model, train_ds, ckpt_dir)
   variables, step = load_classifier(config, model, ckpt_dir)
+  if jax.local_device_count() > 1:  # on every device: attacks split their batch over them
+    variables = parallel.replicate(variables, parallel.data_mesh())
 
   ctx = make_context(config, model, variables)
 
@@ -393,6 +405,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.cpu_devices:
+    parallel.cpu_cores_as_devices(None if FLAGS.cpu_devices < 0 else FLAGS.cpu_devices)
   run(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
 
 
@@ -402,5 +416,7 @@ if __name__ == "__main__":
                              "attack_smoke.py"), "Attack config file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Where tables, figures (and a smoke classifier) go.")
   flags.DEFINE_string("data_dir", None, "Directory of .npz splits (default: config.dataset).")
+  flags.DEFINE_integer("cpu_devices", -1, "JAX CPU devices, the attacked batch split over them: "
+                       "-1 one per core (faster on a CPU, see invjax.parallel), 0 JAX's default.")
   flags.mark_flags_as_required(["workdir"])
   app.run(main)

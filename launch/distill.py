@@ -40,6 +40,7 @@ import numpy as np
 from invjax import data as data_lib
 from invjax import io
 from invjax import distill as distill_lib
+from invjax import parallel
 from invjax import train
 from invjax.attacks import gradient
 from invjax.flows import classifier as clf_lib
@@ -139,6 +140,8 @@ def transfer_table(config, teacher_fn, student_model, student_vars, student_fn, 
   encode = lambda v: student_model.apply(student_vars, v - off, method="encode")
   decode = lambda z: student_model.apply(student_vars, z, method="decode") + off
   head = student_model.apply(student_vars, method="linear_head")
+  if jax.local_device_count() > 1:  # an argument of the attacks next to the split batch
+    head = parallel.replicate(head, parallel.data_mesh())
   rows = []
   key = jax.random.PRNGKey(config.seed + 2)
 
@@ -146,7 +149,8 @@ def transfer_table(config, teacher_fn, student_model, student_vars, student_fn, 
     t0 = time.time()
     results = []
     for i in range(0, len(x), bs):
-      res = attack(jnp.asarray(x[i:i + bs]), jnp.asarray(y[i:i + bs]), jax.random.fold_in(key, i))
+      k = jax.random.fold_in(key, i)  # the batch split over the local devices (if several)
+      res = parallel.call_sharded(lambda xb, yb: attack(xb, yb, k), x[i:i + bs], y[i:i + bs])
       jax.block_until_ready(res.x_adv)
       results.append(res)
     return _row(name, results, teacher_fn, x, y, time.time() - t0)
@@ -216,6 +220,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.cpu_devices:
+    parallel.cpu_cores_as_devices(None if FLAGS.cpu_devices < 0 else FLAGS.cpu_devices)
   train.quiet_library_logs()
   results = run_experiment(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
   print(markdown(results))
@@ -225,4 +231,8 @@ def main(argv):
 if __name__ == "__main__":
   train_flow.define_flags(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                                        "distill_smoke.py"))
+  flags.DEFINE_integer("cpu_devices", 0, "JAX CPU devices: 0 JAX's default (one); -1 one per core: "
+                       "the transfer attacks split their batches over them (faster), and with "
+                       "config.data_parallel='auto' training runs data-parallel (its numbers then "
+                       "depend on the core count).")
   app.run(main)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from invjax import compilation
+from invjax import parallel
 from invjax.nets import cnn
 
 ON_CPU = jax.default_backend() == "cpu"
@@ -42,6 +43,7 @@ def _ynn_fusions_with_convolution(hlo_text):
 
 @pytest.mark.skipif(not ON_CPU, reason="the options only apply to the CPU backend")
 def test_options_on_cpu_and_env_switch(monkeypatch):
+  monkeypatch.setattr(parallel, "available_cores", lambda: 2)
   assert compilation.compiler_options() == compilation.CPU_LIBRARY_FUSION
   monkeypatch.setenv(compilation.ENV_VAR, "0")
   assert compilation.compiler_options() == {}
@@ -50,7 +52,8 @@ def test_options_on_cpu_and_env_switch(monkeypatch):
 
 
 @pytest.mark.skipif(not ON_CPU, reason="the options only apply to the CPU backend")
-def test_convolutions_leave_ynnpack():
+def test_convolutions_leave_ynnpack(monkeypatch):
+  monkeypatch.setattr(parallel, "available_cores", lambda: 2)
   # Compiled only. Large enough for the default cost model to pick YNNPACK.
   x = jax.ShapeDtypeStruct((32, 32, 32, 32), jnp.float32)
   k = jax.ShapeDtypeStruct((3, 3, 32, 32), jnp.float32)
@@ -92,3 +95,12 @@ def test_nested_in_user_transforms():
     return compilation.jit(lambda: v * 3.0)()
 
   np.testing.assert_allclose(jax.jit(outer)(a), 3 * a, rtol=1e-6)
+
+
+@pytest.mark.skipif(not ON_CPU, reason="the options only apply to the CPU backend")
+def test_options_follow_cores_per_device(monkeypatch):
+  for cores, devices, eigen in [(2, 1, True), (2, 2, False), (1, 1, False), (16, 4, True),
+                                (16, 16, False), (16, 9, False)]:
+    monkeypatch.setattr(parallel, "available_cores", lambda c=cores: c)
+    want = compilation.CPU_LIBRARY_FUSION if eigen else {}
+    assert compilation.compiler_options(devices) == want, (cores, devices)

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import jax
+import numpy as np
 import pytest
 
 from invjax import parallel
@@ -84,3 +85,79 @@ def test_batch_size_must_divide_devices_message():
     parallel.check_batch_size(0, mesh)
   with pytest.raises(InvjaxError, match="leading batch axis"):
     parallel.shard_batch({"s": 1.0}, mesh)
+
+
+_CORES_SCRIPT = textwrap.dedent("""
+  import jax
+  from invjax import parallel
+  assert parallel.cpu_cores_as_devices(3) == 3
+  import jax.numpy as jnp, numpy as np
+  from invjax import compilation
+  from invjax.attacks import gradient
+  from invjax.checks import InvjaxError
+  from invjax.nets import cnn
+  assert jax.device_count() == 3, jax.devices()
+  try:
+    parallel.cpu_cores_as_devices(2)
+    raise SystemExit("no error after JAX started")
+  except InvjaxError as e:
+    assert "before the first JAX operation" in str(e) and "3 device(s)" in str(e), e
+
+  model = cnn.SmallCNN(widths=(4, 8))
+  variables = cnn.init(model, jax.random.PRNGKey(0))
+  logits_fn = cnn.logits_fn(model, variables)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (7, 32, 32, 3))
+  y = jnp.arange(7) % 10
+  def attack(xb, yb):
+    return gradient.pgd(logits_fn, xb, yb, key=jax.random.PRNGKey(2), epsilon=0.5, norm="l2",
+                        num_steps=3, random_start=False, early_stop=False)
+  whole = attack(x, y)
+  split = parallel.call_sharded(attack, x, y)
+  assert split.x_adv.shape == x.shape and split.success.shape == (7,), split.x_adv.shape
+  np.testing.assert_allclose(np.asarray(split.x_adv), np.asarray(whole.x_adv), atol=1e-4)
+  np.testing.assert_array_equal(np.asarray(split.success), np.asarray(whole.success))
+  assert np.shape(split.num_inverse_evals) == np.shape(whole.num_inverse_evals)
+  # the padded batch of 9 was placed on the 3 devices; the attack compiled for 3 devices
+  seen = gradient._pgd._by_devices  # pylint: disable=protected-access
+  assert set(seen) == {1, 3}, seen
+  # one core per device or fewer: YNNPACK kept (plain jit); one device with >= 2 cores: Eigen
+  assert seen[3] is gradient._pgd._plain  # pylint: disable=protected-access
+  assert (seen[1] is gradient._pgd._plain) == (parallel.available_cores() < 2)
+  try:
+    parallel.call_sharded(attack, x, y[:5])
+    raise SystemExit("no error for mismatched batch sizes")
+  except InvjaxError as e:
+    assert "same leading axis" in str(e), e
+  print("OK")
+""")
+
+
+def test_cpu_cores_as_devices_and_call_sharded():
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  proc = subprocess.run([sys.executable, "-c", _CORES_SCRIPT], env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "OK" in proc.stdout
+
+
+def test_forced_device_count_wins_and_bad_count(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=5")
+  assert parallel.cpu_cores_as_devices(2) == 5  # XLA_FLAGS left alone; no JAX call made
+  monkeypatch.setenv("XLA_FLAGS", "")
+  with pytest.raises(InvjaxError, match="num_devices must be >= 1"):
+    parallel.cpu_cores_as_devices(0)
+  jax.devices()  # JAX has started in this process
+  with pytest.raises(InvjaxError, match="before the first JAX operation"):
+    parallel.cpu_cores_as_devices(2)
+
+
+def test_call_sharded_one_device_is_a_plain_call():
+  mesh = parallel.data_mesh(jax.local_devices()[:1])
+  x = np.arange(5.0)
+  out = parallel.call_sharded(lambda a, b, scale: (a * scale, b.sum()), x, x[::-1], mesh=mesh,
+                              scale=2.0)
+  np.testing.assert_allclose(out[0], 2 * x)
+  assert float(out[1]) == 10.0
+  with pytest.raises(InvjaxError, match="at least one batch array"):
+    parallel.call_sharded(lambda: 0, mesh=mesh)

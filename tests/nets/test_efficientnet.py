@@ -159,9 +159,10 @@ def test_batched_features_shape_and_padding(variables):
   assert np.all(np.isfinite(out)) and np.all(out >= 0) and np.all(out <= 6)  # pooled ReLU6
   want = np.concatenate([np.asarray(E.features(variables, images[i:i + 2], 48)) for i in (0, 2)]
                         + [np.asarray(E.features(variables, images[3:5], 48))[1:]])
-  np.testing.assert_allclose(out, want, atol=1e-5, rtol=0)
+  # float32 rounding only (another compiled program: uint8 input, padded last batch)
+  np.testing.assert_allclose(out, want, atol=1e-5, rtol=1e-5)
   floats = E.batched_features(variables, images[:2] / 255.0, 48, batch_size=2, progress=False)
-  np.testing.assert_allclose(floats, out[:2], atol=1e-5, rtol=0)
+  np.testing.assert_allclose(floats, out[:2], atol=1e-5, rtol=1e-5)
 
 
 def test_cache_round_trip_is_exact_without_pickle(variables, cache_dir, tmp_path):
