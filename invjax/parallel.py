@@ -131,7 +131,9 @@ def call_sharded(fn: Callable[..., Any], *batch: Any, mesh: Optional[Mesh] = Non
   (example) axis of size n; they are padded to a multiple of the device count by
   repeating the last example, placed with `shard_batch`, and every output leaf whose
   leading axis has the padded size is cut back to n (others, e.g. scalar counters, are
-  returned as they are). `kwargs` (keys, budgets, ...) are passed unchanged. Meant for
+  returned as they are). `kwargs` (keys, budgets, ...) are passed unchanged; arrays that
+  are committed to one device (e.g. restored from a checkpoint) must first be put on every
+  device with `replicate`, else a clear error says so. Meant for
   per-example computations such as attacks, where a padded copy of an example does not
   change the others; JIT-compiled `fn`s follow the placement of their inputs.
 
@@ -159,7 +161,16 @@ def call_sharded(fn: Callable[..., Any], *batch: Any, mesh: Optional[Mesh] = Non
     lib = jax.numpy if isinstance(x, jax.Array) else np
     return lib.concatenate([x, lib.repeat(x[-1:], padded - n, axis=0)], axis=0)
 
-  out = fn(*shard_batch(jax.tree.map(pad, batch), mesh), **kwargs)
+  try:
+    out = fn(*shard_batch(jax.tree.map(pad, batch), mesh), **kwargs)
+  except ValueError as e:
+    if "incompatible devices" not in str(e):
+      raise
+    raise InvjaxError(
+        f"call_sharded: the batch is split over {devices} devices but an array the function "
+        "uses besides the batch (e.g. parameters restored from a checkpoint) is committed to "
+        "fewer; put it on every device first: `parallel.replicate(tree, mesh)`. JAX said: "
+        f"{str(e).splitlines()[0]}") from e
   if padded == n:
     return out
   return jax.tree.map(lambda y: y[:n] if np.ndim(y) and np.shape(y)[0] == padded else y, out)

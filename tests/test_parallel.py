@@ -123,6 +123,16 @@ _CORES_SCRIPT = textwrap.dedent("""
   # one core per device or fewer: YNNPACK kept (plain jit); one device with >= 2 cores: Eigen
   assert seen[3] is gradient._pgd._plain  # pylint: disable=protected-access
   assert (seen[1] is gradient._pgd._plain) == (parallel.available_cores() < 2)
+  w = jax.device_put(jnp.ones((3, 2)), jax.devices()[0])  # committed to one device
+  matmul = jax.jit(lambda a, b: a @ b)
+  try:
+    parallel.call_sharded(lambda a: matmul(a, w), jnp.ones((6, 3)))
+    raise SystemExit("no error for a weight committed to one device")
+  except InvjaxError as e:
+    assert "parallel.replicate" in str(e), e
+  w3 = parallel.replicate(w, parallel.data_mesh())
+  np.testing.assert_allclose(parallel.call_sharded(lambda a: matmul(a, w3), jnp.ones((5, 3))),
+                             3 * np.ones((5, 2)))
   try:
     parallel.call_sharded(attack, x, y[:5])
     raise SystemExit("no error for mismatched batch sizes")
