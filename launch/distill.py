@@ -15,7 +15,8 @@ r"""Teacher CNN -> invertible student distillation, then the attack TRANSFER tab
    classifies correctly, for each norm/epsilon, the success rate *on the teacher* of
      (i)   PGD on the teacher (white-box upper bound),
      (ii)  PGD on the student, adversarials evaluated on the teacher (transfer),
-     (iii) the latent-inversion attack on the student, evaluated on the teacher
+     (iii) the latent-inversion attack on the student, evaluated on the teacher, one
+           row per logit margin in `config.attack.latent_kappa` (a number or a tuple)
            (skipped with a message when `invjax.attacks.latent` is unavailable),
    with the white-box success on the attacked model and median distances.
 Writes `results.json` and `transfer.md` in `--workdir`; a rerun resumes/reuses.
@@ -45,6 +46,7 @@ from invjax import train
 from invjax.attacks import gradient
 from invjax.flows import classifier as clf_lib
 from invjax.nets import cnn
+from invjax.robust import lipschitz
 from launch import train_flow
 
 try:  # written by another engineer; the table skips (iii) without it
@@ -144,6 +146,9 @@ def transfer_table(config, teacher_fn, student_model, student_vars, student_fn, 
     head = parallel.replicate(head, parallel.data_mesh())
   rows = []
   key = jax.random.PRNGKey(config.seed + 2)
+  # One (iii) row per latent margin: kappa > 0 lands past the student's boundary, which
+  # is what lets an adversarial example transfer to the teacher.
+  kappas = tuple(np.atleast_1d(ac.latent_kappa).astype(float))
 
   def run(name, attack):
     t0 = time.time()
@@ -167,18 +172,38 @@ def transfer_table(config, teacher_fn, student_model, student_vars, student_fn, 
       logging.warning("skipping (iii): invjax.attacks.latent not importable (%s)",
                       _LATENT_IMPORT_ERROR)
       continue
-    rows.append({"budget": tag, **run(
-        f"(iii) latent ({ac.latent_method}) on student -> teacher",
-        lambda xb, yb, k: latent_lib.latent_attack(
-            encode, decode, head, xb, yb, key=k, method=ac.latent_method, epsilon=eps, norm=norm,
-            kappa=ac.latent_kappa, num_candidates=ac.get("latent_candidates", None) or None))})
-  return rows, len(keep)
+    budgets = [(kappa, eps) for kappa in kappas]
+    if ac.get("latent_unconstrained", False):
+      budgets.append((kappas[0], None))  # where the latent step lands without a projection
+    for kappa, ball in budgets:
+      name = f"(iii) latent ({ac.latent_method}, kappa={kappa:g}"
+      rows.append({"budget": tag, **run(
+          name + (") on student -> teacher" if ball else ", no epsilon) on student -> teacher"),
+          lambda xb, yb, k, kappa=kappa, ball=ball: latent_lib.latent_attack(
+              encode, decode, head, xb, yb, key=k, method=ac.latent_method, epsilon=ball,
+              norm=norm, kappa=kappa, num_candidates=ac.get("latent_candidates", None) or None))})
+  lip = {}
+  if ac.get("lipschitz_examples", 0):
+    # Local Lipschitz lower bounds (power iteration on J^T J) of the student's bijection
+    # in both directions at the first attacked images: how much a latent step can move
+    # the image (decode), and an image step the latent (encode).
+    xs = jnp.asarray(x[:ac.lipschitz_examples])
+    lip = {name: float(np.median(np.asarray(lipschitz.local_lipschitz(
+        fn, pts, key=jax.random.fold_in(key, j), num_iters=20))))
+           for j, (name, fn, pts) in enumerate((("encode", encode, xs),
+                                                ("decode", decode, encode(xs))))}
+  return rows, len(keep), lip
 
 
 def markdown(results: Dict[str, Any]) -> str:
   lines = [f"teacher accuracy {results['teacher_accuracy']:.4f} | student accuracy "
            f"{results['student_accuracy']:.4f} | agreement {results['agreement']:.4f} | "
-           f"{results['num_attacked']} attacked images", "",
+           f"{results['num_attacked']} attacked images"]
+  lip = results.get("student_local_lipschitz") or {}
+  if lip:
+    lines[0] += (" | student local Lipschitz (median, lower bounds): encode "
+                 f"{lip['encode']:.3g}, decode {lip['decode']:.3g}")
+  lines += ["",
            "| budget | attack | success on attacked model | success on teacher | median L2 | "
            "median Linf (/255) | time (s) |", "|---|---|---|---|---|---|---|"]
   for r in results["transfer"]:
@@ -207,8 +232,9 @@ def run_experiment(config, workdir: str, data_dir: str | None = None) -> Dict[st
   }
   logging.info("teacher acc %.4f, student acc %.4f, agreement %.4f",
                results["teacher_accuracy"], results["student_accuracy"], results["agreement"])
-  rows, n = transfer_table(config, teacher_fn, student, student_vars, student_fn, test_ds)
-  results.update(transfer=rows, num_attacked=n, wall_s=time.time() - t_start)
+  rows, n, lip = transfer_table(config, teacher_fn, student, student_vars, student_fn, test_ds)
+  results.update(transfer=rows, num_attacked=n, student_local_lipschitz=lip,
+                 wall_s=time.time() - t_start)
   io.write_text(os.path.join(workdir, "transfer.md"), markdown(results))
   io.write_json(os.path.join(workdir, "results.json"), results)
   return results

@@ -83,6 +83,10 @@ def build_flow(model_config, image_shape):
 
 def make_optimizer(config) -> optax.GradientTransformation:
   """Adam(W) with linear warm-up then cosine decay, and global-norm gradient clipping."""
+  if config.num_steps > 1 and config.warmup_steps >= config.num_steps:
+    raise InvjaxError(
+        f"warmup_steps ({config.warmup_steps}) must be smaller than num_steps "
+        f"({config.num_steps}): the cosine decay after the warm-up would have no steps")
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, config.learning_rate, max(1, config.warmup_steps), max(2, config.num_steps),
       end_value=config.learning_rate * config.get("final_lr_fraction", 0.0))

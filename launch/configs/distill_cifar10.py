@@ -45,5 +45,6 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.attack = ml_collections.ConfigDict(dict(
       num_examples=1000, batch_size=250, norms=("linf", "l2"), epsilons=(8 / 255, 0.5),
-      pgd_steps=20, latent_method="jacobian", latent_kappa=0.0, latent_candidates=3))
+      pgd_steps=20, latent_method="jacobian", latent_kappa=(0.0,), latent_candidates=3,
+      latent_unconstrained=True, lipschitz_examples=64))
   return config

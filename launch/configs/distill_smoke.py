@@ -37,5 +37,6 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.attack = ml_collections.ConfigDict(dict(
       num_examples=100, batch_size=100, norms=("linf", "l2"), epsilons=(8 / 255, 0.5),
-      pgd_steps=10, latent_method="closed_form", latent_kappa=0.0, latent_candidates=3))
+      pgd_steps=10, latent_method="closed_form", latent_kappa=(0.0,), latent_candidates=3,
+      latent_unconstrained=True, lipschitz_examples=16))
   return config

@@ -1,0 +1,62 @@
+"""launch/distill.py end to end on a slice of the embedded data: teacher, student, transfer table."""
+import json
+import os
+
+import numpy as np
+
+from launch import distill
+from launch.configs import distill_smoke
+
+
+def _tiny_config():
+  config = distill_smoke.get_config()
+  config.num_train, config.num_test, config.progress = 128, 64, False
+  config.teacher.update(dict(num_steps=6, batch_size=32, warmup_steps=2, log_every=3,
+                             checkpoint_every=3, eval_batch_size=64))
+  config.student.update(dict(num_steps=4, batch_size=32, warmup_steps=2, log_every=2,
+                             checkpoint_every=2, init_batch_size=32))
+  config.attack.update(dict(num_examples=8, batch_size=8, pgd_steps=3, lipschitz_examples=4))
+  return config
+
+
+def test_distill_launch_writes_the_transfer_table_and_resumes(tmp_path):
+  config = _tiny_config()
+  workdir = str(tmp_path)
+  results = distill.run_experiment(config, workdir)
+  assert 0.0 <= results["teacher_accuracy"] <= 1.0
+  assert 0.0 <= results["agreement"] <= 1.0
+  assert 0 < results["num_attacked"] <= 8
+  rows = results["transfer"]
+  # per budget: (i) PGD on the teacher, (ii) PGD on the student, (iii) the latent attack
+  # within the budget and without a projection
+  assert len(rows) == 4 * len(config.attack.norms), [r["attack"] for r in rows]
+  for r in rows:
+    if r["attack"].startswith("(i) "):  # white-box on the teacher: both columns are the teacher
+      assert r["success_on_attacked"] == r["success_on_teacher"]
+    budget = r["budget"]
+    if "no epsilon" in r["attack"]:
+      continue
+    if budget.startswith("linf"):
+      assert r["median_linf_255"] <= 8.0 + 1e-3, r
+    else:
+      assert r["median_l2"] <= 0.5 + 1e-4, r
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f)["transfer"] == rows
+  table = open(os.path.join(workdir, "transfer.md")).read()
+  assert "(iii) latent" in table and "no epsilon" in table
+  # an invertible map's local Lipschitz constants in the two directions multiply to >= 1
+  lip = results["student_local_lipschitz"]
+  assert lip["encode"] > 0 and lip["decode"] > 0 and lip["encode"] * lip["decode"] >= 0.99, lip
+  assert "encode" in table
+
+  # A second run reuses both finished trainings (same accuracies) and takes a tuple of
+  # latent margins: one (iii) row per kappa.
+  config.attack.latent_kappa = (0.0, 2.0)
+  config.attack.norms, config.attack.epsilons = ("linf",), (8 / 255,)
+  again = distill.run_experiment(config, workdir)
+  assert again["teacher_accuracy"] == results["teacher_accuracy"]
+  assert again["agreement"] == results["agreement"]
+  names = [r["attack"] for r in again["transfer"]]
+  assert sum("kappa=0)" in n for n in names) == 1 and sum("kappa=2)" in n for n in names) == 1
+  assert sum("no epsilon" in n for n in names) == 1
+  assert np.isfinite([r["median_l2"] for r in again["transfer"]]).all()
