@@ -284,6 +284,14 @@ def bench_latent(batch, repeats, clf_dir):
           num_candidates=3, step_scales=()),
       "latent Jacobian, 3 iters": lambda xb, yb: latent.latent_attack_from_model(
           model, variables, xb, yb, method="jacobian", norm="linf", epsilon=EPS, num_iters=3),
+      # The latent target decoded to first order (x + dx): no decoder pass.
+      "latent Jacobian, 1 iter, top-3, linear decode, no line search": lambda xb, yb: (
+          latent.latent_attack_from_model(
+              model, variables, xb, yb, method="jacobian", norm="linf", epsilon=EPS,
+              num_iters=1, num_candidates=3, decode_step="linear", step_scales=())),
+      "latent Jacobian, 3 iters, linear decode": lambda xb, yb: latent.latent_attack_from_model(
+          model, variables, xb, yb, method="jacobian", norm="linf", epsilon=EPS, num_iters=3,
+          decode_step="linear"),
   }
   lines = [f"(b) L_inf eps 8/255 on the smoke Glow classifier (step {step}, "
            f"{n} correctly classified test images, split over {jax.local_device_count()} "

@@ -188,13 +188,14 @@ def _cw(ctx, x, y, eps, key):
                                     binary_search_steps=ctx.config.cw_search_steps)
 
 
-def _latent(method):
+def _latent(method, decode_step="exact"):
   def run(ctx, x, y, eps, key):
     del eps, key
     return latent.latent_attack(ctx.encode, ctx.decode, ctx.head, x, y, method=method,
                                 norm=ctx.config.norm, num_iters=ctx.config.latent_iters,
                                 num_steps=ctx.config.latent_opt_steps,
-                                num_candidates=ctx.config.latent_candidates or None)
+                                num_candidates=ctx.config.latent_candidates or None,
+                                decode_step=decode_step)
   return run
 
 
@@ -205,6 +206,8 @@ ATTACKS: Dict[str, Tuple[Callable, bool]] = {
     "cw": (_cw, False),
     "latent_closed_form": (_latent("closed_form"), False),
     "latent_jacobian": (_latent("jacobian"), False),
+    # the latent target decoded to first order (x + dx; no decoder pass)
+    "latent_jacobian_linear": (_latent("jacobian", "linear"), False),
     "latent_optimize": (_latent("optimize"), False),
 }
 EXTRA = ("invariance",)

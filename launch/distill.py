@@ -16,7 +16,9 @@ r"""Teacher CNN -> invertible student distillation, then the attack TRANSFER tab
      (i)   PGD on the teacher (white-box upper bound),
      (ii)  PGD on the student, adversarials evaluated on the teacher (transfer),
      (iii) the latent-inversion attack on the student, evaluated on the teacher, one
-           row per logit margin in `config.attack.latent_kappa` (a number or a tuple)
+           row per logit margin in `config.attack.latent_kappa` (a number or a tuple) and
+           per `config.attack.latent_decode_step` ("exact" / "linear"), and one without
+           the epsilon ball when `config.attack.latent_unconstrained`
            (skipped with a message when `invjax.attacks.latent` is unavailable),
    with the white-box success on the attacked model and median distances.
 Writes `results.json` and `transfer.md` in `--workdir`; a rerun resumes/reuses.
@@ -149,6 +151,8 @@ def transfer_table(config, teacher_fn, student_model, student_vars, student_fn, 
   # One (iii) row per latent margin: kappa > 0 lands past the student's boundary, which
   # is what lets an adversarial example transfer to the teacher.
   kappas = tuple(np.atleast_1d(ac.latent_kappa).astype(float))
+  # "exact" decodes the latent target, "linear" takes its first-order image (a row each).
+  decode_steps = tuple(np.atleast_1d(ac.get("latent_decode_step", "exact")))
 
   def run(name, attack):
     t0 = time.time()
@@ -172,16 +176,20 @@ def transfer_table(config, teacher_fn, student_model, student_vars, student_fn, 
       logging.warning("skipping (iii): invjax.attacks.latent not importable (%s)",
                       _LATENT_IMPORT_ERROR)
       continue
-    budgets = [(kappa, eps) for kappa in kappas]
-    if ac.get("latent_unconstrained", False):
-      budgets.append((kappas[0], None))  # where the latent step lands without a projection
-    for kappa, ball in budgets:
-      name = f"(iii) latent ({ac.latent_method}, kappa={kappa:g}"
+    budgets = []
+    for step in decode_steps:
+      budgets += [(kappa, eps, step) for kappa in kappas]
+      if ac.get("latent_unconstrained", False):  # where the step lands without a projection
+        budgets.append((kappas[0], None, step))
+    for kappa, ball, step in budgets:
+      name = (f"(iii) latent ({ac.latent_method}, kappa={kappa:g}"
+              + (", linear decode" if step == "linear" else "")
+              + ("" if ball else ", no epsilon") + ") on student -> teacher")
       rows.append({"budget": tag, **run(
-          name + (") on student -> teacher" if ball else ", no epsilon) on student -> teacher"),
-          lambda xb, yb, k, kappa=kappa, ball=ball: latent_lib.latent_attack(
+          name, lambda xb, yb, k, kappa=kappa, ball=ball, step=step: latent_lib.latent_attack(
               encode, decode, head, xb, yb, key=k, method=ac.latent_method, epsilon=ball,
-              norm=norm, kappa=kappa, num_candidates=ac.get("latent_candidates", None) or None))})
+              norm=norm, kappa=kappa, num_candidates=ac.get("latent_candidates", None) or None,
+              decode_step=step))})
   lip = {}
   if ac.get("lipschitz_examples", 0):
     # Local Lipschitz lower bounds (power iteration on J^T J) of the student's bijection

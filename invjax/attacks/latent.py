@@ -21,7 +21,10 @@ attacker moves the latent code across the decision boundary and decodes it:
     constraint exactly (the head is linear in z), so the decoded image is
     adversarial up to the decoder's accuracy; the step is re-linearised at the
     decoded point `num_iters` times (DeepFool-style), keeping the closest
-    successful iterate. With `clip=True`, row components that would push a
+    successful iterate. `decode_step="linear"` replaces the decode of the target by its
+    first-order image `x + dx` (`J_decode = J^-1`): DeepFool on encode + head, no
+    decoder pass; on ill-conditioned flows the exact decode of a boundary-crossing latent
+    target can land far from x, its first-order image cannot. With `clip=True`, row components that would push a
     saturated pixel (0 or 1) outwards are dropped (exact for one constraint).
   * `method="optimize"`: starts from the Jacobian-aware point and runs projected
     Adam in latent space on `||decode(z') - x||^2`, projecting z' back onto the
@@ -67,6 +70,7 @@ LinearHead = Tuple[Array, Array]
 Head = Union[LinearHead, Callable[[Array], Array]]
 
 METHODS = ("closed_form", "jacobian", "optimize")
+DECODE_STEPS = ("exact", "linear")
 NORMS = ("l2", "linf")
 _TINY = 1e-12
 # Line search of the closed form (multiples of the minimal latent step).
@@ -270,10 +274,10 @@ def _update_best(best: _Best, x_k, z_k, success_k, dist_k) -> _Best:
     compilation.jit,
     static_argnames=("encode", "decode", "head_fn", "method", "norm", "num_iters",
                      "num_steps", "clip", "qp_sweeps", "num_candidates", "unroll",
-                     "unroll_opt"))
+                     "unroll_opt", "linear_decode"))
 def _attack_core(params, head_params, x, y, target, kappa, epsilon, overshoot, learning_rate,
                  step_scales, *, encode, decode, head_fn, method, norm, num_iters, num_steps, clip,
-                 qp_sweeps, num_candidates, unroll, unroll_opt):
+                 qp_sweeps, num_candidates, unroll, unroll_opt, linear_decode=False):
   """(x_adv, z_adv = encode(x_adv), success re-checked on the model, z0 = encode(x),
   number of line-search scales tried)."""
   batch = x.shape[0]
@@ -337,11 +341,16 @@ def _attack_core(params, head_params, x, y, target, kappa, epsilon, overshoot, l
       c = need + jnp.einsum("bkp,bp->bk", rows_x, (x_k - x).reshape(batch, -1))
       dx = _min_norm_step(rows_x, c, active, combine=combine, norm=norm, num_sweeps=qp_sweeps)
       x_lin = x + (1.0 + overshoot) * dx.reshape(x.shape)
+      if linear_decode:
+        # The latent target z_k + J dx decoded to first order: J_decode = J^-1, so it
+        # lands at x_lin exactly. The carried "target" is then this image.
+        return proj(x_lin), z0, x_lin, best
       z_next = z_k + jvp_fn(x_lin - x_k)
       x_next = proj(dec(z_next))
       return x_next, z0, z_next, best
 
-    x_n, z0, z_tgt, best = loops.fori(num_iters, body, (x, z_like, z_like, best0),
+    tgt0 = x if linear_decode else z_like
+    x_n, z0, z_tgt, best = loops.fori(num_iters, body, (x, z_like, tgt0, best0),
                                       unroll=unroll)
     z_n = enc(x_n)
     best, _, _ = check(x_n, z_n, best)
@@ -353,7 +362,10 @@ def _attack_core(params, head_params, x, y, target, kappa, epsilon, overshoot, l
     # search stops once every example succeeded (unrolled: all scales run, masked).
     def scale_body(state):
       i, best = state
-      x_s = proj(dec(z0 + step_scales[i] * (z_tgt - z0)))
+      if linear_decode:  # along the image displacement of the last step
+        x_s = proj(x + step_scales[i] * (z_tgt - x))
+      else:
+        x_s = proj(dec(z0 + step_scales[i] * (z_tgt - z0)))
       z_s = enc(x_s)
       logits_s, _ = _head(head_params, head_fn, z_s)
       new = _is_adv(logits_s, y, target) & ~best.success
@@ -449,7 +461,14 @@ def _validate(x, y, target, kappa, epsilon, method, norm, num_classes, num_iters
 def _run(params, encode, decode, head_params, head_fn, x, y, *, target, kappa, method,
          epsilon, norm, num_iters, num_steps, learning_rate, overshoot, clip, qp_sweeps,
          inverse_lipschitz, return_info, num_classes, num_candidates=None,
-         step_scales=DEFAULT_STEP_SCALES, unroll=None):
+         step_scales=DEFAULT_STEP_SCALES, unroll=None, decode_step="exact"):
+  if decode_step not in DECODE_STEPS:
+    raise checks.InvjaxError(f"decode_step must be one of {DECODE_STEPS}, got {decode_step!r}")
+  if decode_step == "linear" and method == "closed_form":
+    raise checks.InvjaxError(
+        "decode_step='linear' needs the Jacobian of the encoder: use method='jacobian' or "
+        "'optimize' (the closed-form step is taken in latent space only)")
+  linear_decode = decode_step == "linear"
   if num_iters is None:
     num_iters = 1 if method == "closed_form" else 3
   if step_scales is None or len(step_scales) == 0:
@@ -483,7 +502,8 @@ def _run(params, encode, decode, head_params, head_fn, x, y, *, target, kappa, m
       clip=bool(clip), qp_sweeps=int(qp_sweeps),
       unroll=loops.resolve_unroll(unroll, num_iters),
       unroll_opt=loops.resolve_unroll(unroll, num_steps) if method == "optimize" else False,
-      num_candidates=num_candidates if method != "closed_form" else None)
+      num_candidates=num_candidates if method != "closed_form" else None,
+      linear_decode=linear_decode)
   chex.assert_equal_shape((x_adv, x))
   num_heads = 0 if head_fn is None else 1
   k = num_classes
@@ -495,6 +515,8 @@ def _run(params, encode, decode, head_params, head_fn, x, y, *, target, kappa, m
     rows = k if (num_candidates is None or target is not None) else num_candidates
     fwd, inv = num_iters + 1 + n_s, num_iters + n_s
     grad = num_iters * (rows + 1 + num_heads * k) + n_s * num_heads * k
+    if linear_decode:  # no decoder pass and no Jacobian-vector product per step
+      inv, grad = 0 * n_s, grad - num_iters
     if method == "optimize":
       fwd, inv, grad = fwd + 1, inv + num_steps, grad + num_steps * (1 + num_heads * k)
   linf, l2 = result_lib.distances(x, x_adv)
@@ -520,7 +542,8 @@ def latent_attack(encode_fn: Callable[[Array], Array], decode_fn: Callable[[Arra
                   qp_sweeps: int = 200, inverse_lipschitz: Optional[float] = None,
                   num_candidates: Optional[int] = None,
                   step_scales: Optional[Sequence[float]] = DEFAULT_STEP_SCALES,
-                  unroll: Optional[bool] = None, return_info: bool = False):
+                  unroll: Optional[bool] = None, return_info: bool = False,
+                  decode_step: str = "exact"):
   """Latent-inversion attack on an invertible classifier given as pure functions.
 
   Args:
@@ -556,6 +579,11 @@ def latent_attack(encode_fn: Callable[[Array], Array], decode_fn: Callable[[Arra
       result). None: on CPU, where XLA runs convolutions inside loops ~3x slower
       (`invjax.loops`).
     return_info: also return a `LatentInfo`.
+    decode_step: "exact" decodes each latent target `z + J dx` with `decode`; "linear"
+      (methods "jacobian" / "optimize") takes its first-order image `x + dx` instead
+      (`J_decode = J^-1`), which is DeepFool on encode + head. On ill-conditioned flows
+      the exact decode of a latent step that crosses the boundary can land far from x
+      (README, "Transfer through a distilled student"); the first-order image cannot.
 
   Returns:
     `AttackResult` (success re-checked by re-encoding `x_adv`), or
@@ -579,7 +607,7 @@ def latent_attack(encode_fn: Callable[[Array], Array], decode_fn: Callable[[Arra
               overshoot=overshoot, clip=clip, qp_sweeps=qp_sweeps,
               inverse_lipschitz=inverse_lipschitz, return_info=return_info,
               num_classes=num_classes, num_candidates=num_candidates, step_scales=step_scales,
-              unroll=unroll)
+              unroll=unroll, decode_step=decode_step)
 
 
 def latent_attack_from_model(model: Any, variables: Any, x: Array, y: Array, *,
@@ -613,7 +641,8 @@ def latent_attack_from_model(model: Any, variables: Any, x: Array, y: Array, *,
   defaults = dict(target=None, kappa=0.0, method="closed_form", epsilon=None, norm="l2",
                   num_iters=None, num_steps=20, learning_rate=1e-3, overshoot=0.02, clip=True,
                   qp_sweeps=200, inverse_lipschitz=None, return_info=False,
-                  num_candidates=None, step_scales=DEFAULT_STEP_SCALES, unroll=None)
+                  num_candidates=None, step_scales=DEFAULT_STEP_SCALES, unroll=None,
+                  decode_step="exact")
   unknown = set(kwargs) - set(defaults)
   if unknown:
     raise checks.InvjaxError(f"unknown arguments to latent_attack_from_model: {sorted(unknown)}")

@@ -38,7 +38,7 @@ def get_config(model: str = "iresnet") -> ml_collections.ConfigDict:
   config.learning_rate = 1e-3
   config.nll_weight = 0.0
   config.attacks = ("fgsm", "pgd", "cw", "latent_closed_form", "latent_jacobian",
-                    "latent_optimize", "invariance")
+                    "latent_jacobian_linear", "latent_optimize", "invariance")
   config.num_examples = 1000
   config.norm = "linf"
   config.epsilons = (1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)

@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.nll_weight = 0.0
   # The attacks.
   config.attacks = ("fgsm", "pgd", "cw", "latent_closed_form", "latent_jacobian",
-                    "latent_optimize", "invariance")
+                    "latent_jacobian_linear", "latent_optimize", "invariance")
   config.num_examples = 100
   config.norm = "linf"
   config.epsilons = (1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)

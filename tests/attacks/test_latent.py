@@ -117,11 +117,12 @@ def test_closed_form_targeted_matches_scipy_qp():
   assert bool(res.success.all())
 
 
-def test_jacobian_reaches_the_minimal_image_point():
+@pytest.mark.parametrize("decode_step", ["exact", "linear"])
+def test_jacobian_reaches_the_minimal_image_point(decode_step):
   m, a, b, x, y, enc, dec, head = PROBLEM
   ref = _untargeted_reference("x", m, a, b, x, y)
   res = latent.latent_attack(enc, dec, head, x, y, kappa=KAPPA, overshoot=0.0, clip=False,
-                             method="jacobian")
+                             method="jacobian", decode_step=decode_step)
   np.testing.assert_allclose(res.x_adv, ref, atol=2e-5)
   np.testing.assert_allclose(res.l2, np.linalg.norm(ref - x, axis=1), rtol=1e-4)
   # Better (in image space) than the latent-minimal step, which ignores M.
@@ -131,7 +132,7 @@ def test_jacobian_reaches_the_minimal_image_point():
   # Targeted: the image-space QP.
   tgt = ((y + 2) % K).astype(np.int32)
   res_t = latent.latent_attack(enc, dec, head, x, y, target=tgt, kappa=KAPPA, overshoot=0.0,
-                               clip=False, method="jacobian")
+                               clip=False, method="jacobian", decode_step=decode_step)
   np.testing.assert_allclose(res_t.x_adv, _targeted_qp("x", m, a, b, x, tgt), atol=1e-4)
 
 
@@ -207,6 +208,37 @@ def test_epsilon_projection(norm, eps, nonlinear_model):
   assert np.any(free_dist > eps) or np.all(np.asarray(res.success))
 
 
+def test_linear_decode_step_is_one_deepfool_step(nonlinear_model):
+  """decode_step="linear" on a non-linear flow: one DeepFool step of the whole classifier
+  (gradients of its logits by jax.grad, per candidate class), with no decoder pass."""
+  model, variables, x, y, logits_fn = nonlinear_model
+  overshoot = 0.02
+  res = latent.latent_attack_from_model(model, variables, x, y, method="jacobian", kappa=KAPPA,
+                                        num_iters=1, clip=False, step_scales=None,
+                                        overshoot=overshoot, decode_step="linear")
+  logits = np.asarray(logits_fn(x), np.float64)
+  ref = []
+  for i in range(B):
+    cands = []
+    for t in range(K):
+      if t == y[i]:
+        continue
+      w = np.asarray(jax.grad(lambda v: (logits_fn(v[None])[0, t] - logits_fn(v[None])[0, y[i]]))(
+          jnp.asarray(x[i])), np.float64)
+      step = max(KAPPA - (logits[i, t] - logits[i, y[i]]), 0.0) / (w @ w) * w
+      cands.append((np.linalg.norm(step), x[i] + (1 + overshoot) * step))
+    ref.append(min(cands, key=lambda c: c[0])[1])
+  np.testing.assert_allclose(res.x_adv, np.array(ref), rtol=1e-4, atol=1e-5)
+  assert int(res.num_inverse_evals) == 0
+  exact = latent.latent_attack_from_model(model, variables, x, y, method="jacobian", kappa=KAPPA,
+                                          num_iters=1, clip=False, step_scales=None,
+                                          overshoot=overshoot)
+  assert int(exact.num_inverse_evals) == 1
+  assert int(exact.num_grad_evals) == int(res.num_grad_evals) + 1  # + the JVP of the target
+  # The exact decode of the same latent target is a different image on this curved flow.
+  assert np.abs(np.asarray(exact.x_adv) - np.asarray(res.x_adv)).max() > 1e-4
+
+
 def test_bad_inputs():
   _, _, _, x, y, enc, dec, head = PROBLEM
   with pytest.raises(InvjaxError, match="epsilon"):
@@ -223,6 +255,10 @@ def test_bad_inputs():
     latent.latent_attack(enc, dec, head, x, y, target=y)
   with pytest.raises(InvjaxError, match="kappa"):
     latent.latent_attack(enc, dec, head, x, y, kappa=-1.0)
+  with pytest.raises(InvjaxError, match="decode_step"):
+    latent.latent_attack(enc, dec, head, x, y, method="jacobian", decode_step="newton")
+  with pytest.raises(InvjaxError, match="closed-form"):
+    latent.latent_attack(enc, dec, head, x, y, decode_step="linear")
 
 
 def test_jacobian_respects_saturated_pixels_and_candidates():

@@ -18,7 +18,8 @@ def _tiny_config():
   config.train_steps = 20
   config.batch_size = 32
   config.num_examples = 24
-  config.attacks = ("fgsm", "latent_closed_form", "latent_jacobian", "invariance")
+  config.attacks = ("fgsm", "latent_closed_form", "latent_jacobian", "latent_jacobian_linear",
+                    "invariance")
   config.epsilons = (2 / 255, 8 / 255, 32 / 255)
   config.latent_iters = 2
   return config
@@ -33,13 +34,16 @@ def test_attack_launch_end_to_end(tmp_path):
     saved = json.load(f)
   assert saved["checkpoint_step"] == config.train_steps
   rows = {r["attack"]: r for r in saved["attacks"]}
-  assert set(rows) == {"fgsm", "latent_closed_form", "latent_jacobian"}
+  assert set(rows) == {"fgsm", "latent_closed_form", "latent_jacobian", "latent_jacobian_linear"}
   eps = [str(float(e)) for e in config.epsilons]
-  for name in ("latent_closed_form", "latent_jacobian"):
+  for name in ("latent_closed_form", "latent_jacobian", "latent_jacobian_linear"):
     curve = [rows[name]["success"][e] for e in eps]
     assert curve == sorted(curve), (name, curve)  # thresholded: monotone in epsilon
     assert rows[name]["success_unbounded"] >= 0.9
-    assert rows[name]["num_inverse_evals"] >= 1
+    if name.endswith("_linear"):  # the latent target decoded to first order: no decoder pass
+      assert rows[name]["num_inverse_evals"] == 0
+    else:
+      assert rows[name]["num_inverse_evals"] >= 1
   # Both latent attacks reach the boundary; the Jacobian-aware one minimises the image
   # distance of the config's norm (L_inf), so it lands closer in that norm.
   assert config.norm == "linf"
