@@ -9,6 +9,19 @@ probabilities. Per example, with temperature T,
 T * (softmax(s/T) - softmax(t/T))), optionally mixed with the hard-label
 cross-entropy: loss = (1 - alpha) * kd + alpha * CE(s, y).
 
+Jacobian matching (Srinivas & Fleuret, "Knowledge transfer with Jacobian
+matching", ICML 2018), for a student whose adversarial directions should be the
+teacher's: with `jacobian_weight = beta > 0` the loss gains
+
+  beta * || g_s / |g_s| - g_t / |g_t| ||^2 = beta * 2 (1 - cos(g_s, g_t)),
+
+g = d log softmax(logits(x))_c / dx per example, for the teacher's predicted
+class c (`jacobian_class="teacher"`: the direction an untargeted gradient attack
+follows on correctly classified images) or a uniformly drawn class ("random": an
+unbiased sample of all rows of the log-softmax Jacobian). It costs a double
+backward pass through the student. `gradient_cosine` measures the same
+alignment on held-out images.
+
 The student is any Flax module whose output is the logits or a tuple starting
 with them (`invjax.flows.classifier.InvertibleClassifier` returns
 `(logits, z, log_det)`); the teacher is any pure function
@@ -20,6 +33,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -86,6 +100,81 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array,
   return loss, metrics
 
 
+def class_log_prob_gradient(logits_fn: LogitsFn, x: jax.Array, classes: jax.Array, *,
+                            has_aux: bool = False):
+  """Per-example input gradient of `log softmax(logits_fn(x))[i, classes[i]]`.
+
+  Args:
+    logits_fn: `x [B, ...] -> logits [B, C]` (or `-> (logits, aux)` with
+      `has_aux`), examples independent of each other (eval-mode batch norm).
+    x: float inputs [B, ...].
+    classes: int [B].
+    has_aux: `logits_fn` also returns an auxiliary value.
+
+  Returns:
+    (gradient [B, ...], logits) or, with `has_aux`, (gradient, (logits, aux)).
+  """
+  def total(v):
+    out = logits_fn(v)
+    logits, aux = out if has_aux else (out, None)
+    chex.assert_rank(logits, 2)
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(log_p, classes[:, None].astype(jnp.int32), axis=1)
+    return jnp.sum(picked), (logits, aux)
+
+  grad, (logits, aux) = jax.grad(total, has_aux=True)(x)
+  return (grad, (logits, aux)) if has_aux else (grad, logits)
+
+
+def _unit(g: jax.Array, eps: float = 1e-12) -> jax.Array:
+  flat = g.reshape(g.shape[0], -1)
+  return flat / jnp.sqrt(jnp.sum(flat ** 2, axis=1, keepdims=True) + eps)
+
+
+def gradient_alignment_loss(student_grad: jax.Array, teacher_grad: jax.Array) -> jax.Array:
+  """Per-example `|| s/|s| - t/|t| ||^2 = 2 (1 - cos(s, t))` in [0, 4], float [batch].
+
+  The teacher's gradient is a constant (no gradient flows into it).
+  """
+  if student_grad.shape != teacher_grad.shape or student_grad.ndim < 2:
+    raise checks.InvjaxError(
+        f"student and teacher gradients must both be [batch, ...] of the same shape, got "
+        f"{student_grad.shape} and {teacher_grad.shape}")
+  diff = _unit(student_grad) - _unit(jax.lax.stop_gradient(teacher_grad))
+  return jnp.sum(diff ** 2, axis=1)
+
+
+def gradient_cosine(teacher_fn: LogitsFn, student_fn: LogitsFn, x, classes, *,
+                    batch_size: Optional[int] = None) -> np.ndarray:
+  """Per-example cosine between the input gradients of `log p_c` under teacher and student.
+
+  How much of an attack direction found on the student points the teacher's way
+  (1: the same direction; around 0 for unrelated models in high dimension).
+
+  Args:
+    teacher_fn, student_fn: `x [batch, ...] -> logits [batch, classes]`.
+    x: float inputs [n, ...]; classes: int [n] (e.g. the true labels).
+    batch_size: evaluate in chunks of this size (None: all at once).
+
+  Returns:
+    float numpy [n].
+  """
+  n = np.shape(x)[0]
+  if n == 0:
+    raise checks.InvjaxError("gradient_cosine: x is empty")
+  checks.check_labels(classes, n, "classes")
+  bs = n if batch_size is None else int(batch_size)
+
+  @jax.jit
+  def cos(v, c):
+    g_t, _ = class_log_prob_gradient(teacher_fn, v, c)
+    g_s, _ = class_log_prob_gradient(student_fn, v, c)
+    return jnp.sum(_unit(g_t) * _unit(g_s), axis=1)
+
+  return np.concatenate([np.asarray(cos(jnp.asarray(x[i:i + bs]), jnp.asarray(classes[i:i + bs])))
+                         for i in range(0, n, bs)])
+
+
 def agreement(teacher_fn: LogitsFn, student_fn: LogitsFn, x, *,
               batch_size: Optional[int] = None) -> float:
   """Fraction of inputs on which teacher and student have the same argmax.
@@ -126,29 +215,53 @@ def student_logits_fn(student: nn.Module, variables: Mapping[str, Any], *,
 def make_loss_fn(student: nn.Module, teacher_fn: LogitsFn, *, temperature: float = 4.0,
                  alpha: float = 0.0, input_offset: float = 0.0,
                  mutable: Sequence[str] | bool = True,
-                 augment_fn: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None):
+                 augment_fn: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
+                 jacobian_weight: float = 0.0, jacobian_class: str = "teacher"):
   """A `loss_fn(params, model_state, batch, rng) -> (loss, (new_model_state, metrics))`.
 
   The batch is `{"x": uint8 [B, H, W, C], "y": int32 [B]}` (as `invjax.train`
   feeds it); the teacher and the student see the same (optionally augmented)
-  float images, the student shifted by `input_offset`.
+  float images, the student shifted by `input_offset`. With `jacobian_weight > 0`
+  the Jacobian-matching term of the module docstring is added (metrics
+  "jacobian" and "grad_cosine"); `jacobian_class` is "teacher" or "random".
   """
   checks.check_positive(temperature, "temperature")
+  checks.check_positive(jacobian_weight, "jacobian_weight", strict=False)
+  if jacobian_class not in ("teacher", "random"):
+    raise checks.InvjaxError(
+        f"jacobian_class must be 'teacher' or 'random', got {jacobian_class!r}")
+
+  def student_apply(variables, x, rng):
+    if mutable:
+      out, new_state = student.apply(variables, x - input_offset, rngs={"logdet": rng},
+                                     mutable=mutable)
+    else:
+      out, new_state = student.apply(variables, x - input_offset, rngs={"logdet": rng}), {}
+    return _first(out), new_state
 
   def loss_fn(params, model_state, batch, rng):
     aug_rng, fwd_rng = jax.random.split(rng)
     x = data_lib.to_float(batch["x"])
     if augment_fn is not None:
       x = augment_fn(aug_rng, x)
-    teacher_logits = jax.lax.stop_gradient(teacher_fn(x))
     variables = {"params": params, **model_state}
-    if mutable:
-      out, new_state = student.apply(variables, x - input_offset, rngs={"logdet": fwd_rng},
-                                     mutable=mutable)
+    teacher_logits = jax.lax.stop_gradient(teacher_fn(x))
+    if jacobian_weight > 0:
+      if jacobian_class == "teacher":
+        classes = jnp.argmax(teacher_logits, -1)
+      else:
+        classes = jax.random.randint(jax.random.fold_in(fwd_rng, 1), (x.shape[0],), 0, teacher_logits.shape[-1])
+      g_t, _ = class_log_prob_gradient(teacher_fn, x, classes)
+      g_s, (logits, new_state) = class_log_prob_gradient(
+          lambda v: student_apply(variables, v, fwd_rng), x, classes, has_aux=True)
+      align = gradient_alignment_loss(g_s, jax.lax.stop_gradient(g_t))
     else:
-      out, new_state = student.apply(variables, x - input_offset, rngs={"logdet": fwd_rng}), {}
-    loss, metrics = distillation_loss(_first(out), teacher_logits, batch["y"],
+      logits, new_state = student_apply(variables, x, fwd_rng)
+    loss, metrics = distillation_loss(logits, teacher_logits, batch["y"],
                                       temperature=temperature, alpha=alpha)
+    if jacobian_weight > 0:
+      metrics.update(jacobian=jnp.mean(align), grad_cosine=jnp.mean(1.0 - 0.5 * align))
+      loss = loss + jacobian_weight * jnp.mean(align)
     return loss, (new_state, metrics)
 
   return loss_fn
@@ -158,7 +271,8 @@ def distill(student: nn.Module, variables: Mapping[str, Any], teacher_fn: Logits
             dataset: data_lib.Dataset, *, key: jax.Array, num_steps: int, batch_size: int,
             optimizer: Optional[optax.GradientTransformation] = None,
             learning_rate: float = 1e-3, temperature: float = 4.0, alpha: float = 0.0,
-            input_offset: float = 0.0, augment_fn=None, workdir: Optional[str] = None,
+            input_offset: float = 0.0, augment_fn=None, jacobian_weight: float = 0.0,
+            jacobian_class: str = "teacher", workdir: Optional[str] = None,
             config: Optional[Mapping[str, Any]] = None, progress: bool = False, mesh=None
             ) -> Tuple[Dict[str, Any], list]:
   """Trains `student` (initial `variables`) to match `teacher_fn` on `dataset`.
@@ -174,6 +288,7 @@ def distill(student: nn.Module, variables: Mapping[str, Any], teacher_fn: Logits
     temperature, alpha: see `distillation_loss`.
     input_offset: the student sees `x - input_offset`.
     augment_fn: optional `augment_fn(key, x_float) -> x_float`.
+    jacobian_weight, jacobian_class: Jacobian matching (module docstring); 0 = off.
     workdir: with a directory, run `invjax.train.train_loop` there (metrics.jsonl,
       orbax checkpoints, resume); without, a plain in-memory loop.
     config: extra train_loop settings (log_every, checkpoint_every, ...).
@@ -190,7 +305,8 @@ def distill(student: nn.Module, variables: Mapping[str, Any], teacher_fn: Logits
   params, model_state = train.split_variables(variables)
   loss_fn = make_loss_fn(student, teacher_fn, temperature=temperature, alpha=alpha,
                          input_offset=input_offset, mutable=list(model_state) or False,
-                         augment_fn=augment_fn)
+                         augment_fn=augment_fn, jacobian_weight=jacobian_weight,
+                         jacobian_class=jacobian_class)
   state_key, data_key = jax.random.split(key)
   state = train.TrainState.create(params, optimizer, state_key, model_state)
   step_fn = train.make_train_step(loss_fn, optimizer, mutable=True)

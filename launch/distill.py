@@ -20,7 +20,10 @@ r"""Teacher CNN -> invertible student distillation, then the attack TRANSFER tab
            per `config.attack.latent_decode_step` ("exact" / "linear"), and one without
            the epsilon ball when `config.attack.latent_unconstrained`
            (skipped with a message when `invjax.attacks.latent` is unavailable),
-   with the white-box success on the attacked model and median distances.
+   with the white-box success on the attacked model and median distances, and the
+   cosine between student and teacher input gradients on those images.
+   `config.student.jacobian_weight > 0` adds Jacobian matching to the distillation
+   (`invjax.distill`), which aims at exactly that cosine.
 Writes `results.json` and `transfer.md` in `--workdir`; a rerun resumes/reuses.
 """
 from __future__ import annotations
@@ -111,7 +114,9 @@ def distill_student(config, teacher_fn, train_ds, test_ds, workdir: str):
       model, variables, teacher_fn, train_ds, key=jax.random.fold_in(key, 1),
       num_steps=sc.num_steps, batch_size=sc.batch_size, optimizer=train_flow.make_optimizer(sc),
       temperature=sc.temperature, alpha=sc.alpha, input_offset=sc.input_offset,
-      augment_fn=_augment if sc.augment else None, workdir=workdir, config=loop_cfg,
+      augment_fn=_augment if sc.augment else None,
+      jacobian_weight=sc.get("jacobian_weight", 0.0),
+      jacobian_class=sc.get("jacobian_class", "teacher"), workdir=workdir, config=loop_cfg,
       progress=config.progress, mesh=train_flow.maybe_mesh(config))
   student_fn = jax.jit(distill_lib.student_logits_fn(model, variables,
                                                      input_offset=sc.input_offset))
@@ -190,6 +195,10 @@ def transfer_table(config, teacher_fn, student_model, student_vars, student_fn, 
               encode, decode, head, xb, yb, key=k, method=ac.latent_method, epsilon=ball,
               norm=norm, kappa=kappa, num_candidates=ac.get("latent_candidates", None) or None,
               decode_step=step))})
+  # How far the student's attack directions point the teacher's way: the cosine of the
+  # two models' input gradients of log p(true class) on the attacked images.
+  cosine = distill_lib.gradient_cosine(teacher_fn, student_fn, x, y, batch_size=bs)
+  cosine = {"median": float(np.median(cosine)), "mean": float(np.mean(cosine))}
   lip = {}
   if ac.get("lipschitz_examples", 0):
     # Local Lipschitz lower bounds (power iteration on J^T J) of the student's bijection
@@ -200,13 +209,17 @@ def transfer_table(config, teacher_fn, student_model, student_vars, student_fn, 
         fn, pts, key=jax.random.fold_in(key, j), num_iters=20))))
            for j, (name, fn, pts) in enumerate((("encode", encode, xs),
                                                 ("decode", decode, encode(xs))))}
-  return rows, len(keep), lip
+  return rows, len(keep), lip, cosine
 
 
 def markdown(results: Dict[str, Any]) -> str:
   lines = [f"teacher accuracy {results['teacher_accuracy']:.4f} | student accuracy "
            f"{results['student_accuracy']:.4f} | agreement {results['agreement']:.4f} | "
            f"{results['num_attacked']} attacked images"]
+  cosine = results.get("input_gradient_cosine")
+  if cosine:
+    lines[0] += (" | input-gradient cosine student/teacher (log p(y), median / mean) "
+                 f"{cosine['median']:.3f} / {cosine['mean']:.3f}")
   lip = results.get("student_local_lipschitz") or {}
   if lip:
     lines[0] += (" | student local Lipschitz (median, lower bounds): encode "
@@ -240,8 +253,10 @@ def run_experiment(config, workdir: str, data_dir: str | None = None) -> Dict[st
   }
   logging.info("teacher acc %.4f, student acc %.4f, agreement %.4f",
                results["teacher_accuracy"], results["student_accuracy"], results["agreement"])
-  rows, n, lip = transfer_table(config, teacher_fn, student, student_vars, student_fn, test_ds)
+  rows, n, lip, cosine = transfer_table(config, teacher_fn, student, student_vars, student_fn,
+                                        test_ds)
   results.update(transfer=rows, num_attacked=n, student_local_lipschitz=lip,
+                 input_gradient_cosine=cosine,
                  wall_s=time.time() - t_start)
   io.write_text(os.path.join(workdir, "transfer.md"), markdown(results))
   io.write_json(os.path.join(workdir, "results.json"), results)

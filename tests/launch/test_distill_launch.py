@@ -4,7 +4,9 @@ import os
 
 import numpy as np
 
+from invjax import data
 from launch import distill
+from launch import train_flow
 from launch.configs import distill_smoke
 
 
@@ -48,6 +50,9 @@ def test_distill_launch_writes_the_transfer_table_and_resumes(tmp_path):
   lip = results["student_local_lipschitz"]
   assert lip["encode"] > 0 and lip["decode"] > 0 and lip["encode"] * lip["decode"] >= 0.99, lip
   assert "encode" in table
+  cosine = results["input_gradient_cosine"]
+  assert -1.0 <= cosine["median"] <= 1.0 and -1.0 <= cosine["mean"] <= 1.0, cosine
+  assert "input-gradient cosine" in table
 
   # A second run reuses both finished trainings (same accuracies) and takes a tuple of
   # latent margins: one (iii) row per kappa.
@@ -60,3 +65,19 @@ def test_distill_launch_writes_the_transfer_table_and_resumes(tmp_path):
   assert sum("kappa=0)" in n for n in names) == 1 and sum("kappa=2)" in n for n in names) == 1
   assert sum("no epsilon" in n for n in names) == 1
   assert np.isfinite([r["median_l2"] for r in again["transfer"]]).all()
+
+
+def test_distill_student_with_jacobian_matching(tmp_path):
+  """config.student.jacobian_weight reaches the loss: its metrics are logged."""
+  config = _tiny_config()
+  config.student.jacobian_weight = 1.0
+  train_ds, test_ds = train_flow.load_data(config, None)
+  w = np.random.RandomState(0).randn(32 * 32 * 3, 10).astype(np.float32) / 50
+  teacher_fn = lambda x: (x.reshape(x.shape[0], -1) - 0.5) @ w
+  _, _, student_fn = distill.distill_student(config, teacher_fn, train_ds, test_ds, str(tmp_path))
+  assert student_fn(data.to_float(test_ds.x[:2])).shape == (2, 10)
+  with open(os.path.join(str(tmp_path), "metrics.jsonl")) as f:
+    logged = [json.loads(line) for line in f]
+  cos = [m["grad_cosine"] for m in logged if "grad_cosine" in m]
+  jac = [m["jacobian"] for m in logged if "jacobian" in m]
+  assert cos and jac and all(-1.0 <= c <= 1.0 for c in cos) and all(0 <= j <= 4 for j in jac)

@@ -1,0 +1,24 @@
+r"""`distill_cifar10_cpu.py` with Jacobian matching (Srinivas & Fleuret 2018) in the distillation.
+
+  python -m launch.distill --config=launch/configs/distill_cifar10_cpu_jacobian.py \
+      --config.teacher.workdir=runs/distill_cifar10_cpu/teacher \
+      --workdir=runs/distill_cifar10_cpu_jacobian --data_dir=../shared/data/cifar10
+
+The same teacher (reuse a finished `distill_cifar10_cpu.py` run's, as above, or let it train
+in `<workdir>/teacher`: same seed, same weights) and the same student and schedule; the loss
+gains `jacobian_weight * 2 (1 - cos(g_student, g_teacher))` on the input gradients of the
+teacher's predicted class (`invjax.distill`). A student step costs about twice as much (a
+double backward pass). The question it answers: do attacks crafted on the student, the
+latent-inversion ones included, transfer better to the teacher when the two models' input
+gradients point the same way? Compare the two runs' `transfer.md` (the input-gradient
+cosine is on its first line).
+"""
+import ml_collections
+
+from launch.configs import distill_cifar10_cpu
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = distill_cifar10_cpu.get_config()
+  config.student.update(dict(jacobian_weight=1.0, jacobian_class="teacher"))
+  return config
