@@ -15,12 +15,18 @@ teacher's: with `jacobian_weight = beta > 0` the loss gains
 
   beta * || g_s / |g_s| - g_t / |g_t| ||^2 = beta * 2 (1 - cos(g_s, g_t)),
 
-g = d log softmax(logits(x))_c / dx per example, for the teacher's predicted
+g = d log softmax(logits(x) / T_j)_c / dx per example (T_j =
+`jacobian_temperature`), for the teacher's predicted
 class c (`jacobian_class="teacher"`: the direction an untargeted gradient attack
 follows on correctly classified images) or a uniformly drawn class ("random": an
 unbiased sample of all rows of the log-softmax Jacobian). It costs a double
 backward pass through the student. `gradient_cosine` measures the same
-alignment on held-out images.
+alignment on held-out images. With T_j = 1 the gradient of log p_c vanishes as a
+model grows confident (p_c -> 1), and the derivative of g / |g|, which scales as
+1 / |g|, blows up: on a 6-block i-RevNet distilled on CIFAR-10 (beta = 10) the
+parameter-gradient norm went from ~13 to ~2,000 within 1,400 steps and the
+student's accuracy fell. A temperature T_j > 1 (e.g. the KD temperature) keeps
+the softened probabilities away from 1 and |g| away from 0.
 
 The student is any Flax module whose output is the logits or a tuple starting
 with them (`invjax.flows.classifier.InvertibleClassifier` returns
@@ -101,8 +107,8 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array,
 
 
 def class_log_prob_gradient(logits_fn: LogitsFn, x: jax.Array, classes: jax.Array, *,
-                            has_aux: bool = False):
-  """Per-example input gradient of `log softmax(logits_fn(x))[i, classes[i]]`.
+                            has_aux: bool = False, temperature: float = 1.0):
+  """Per-example input gradient of `log softmax(logits_fn(x) / T)[i, classes[i]]`.
 
   Args:
     logits_fn: `x [B, ...] -> logits [B, C]` (or `-> (logits, aux)` with
@@ -110,15 +116,18 @@ def class_log_prob_gradient(logits_fn: LogitsFn, x: jax.Array, classes: jax.Arra
     x: float inputs [B, ...].
     classes: int [B].
     has_aux: `logits_fn` also returns an auxiliary value.
+    temperature: T > 0 (1: the gradient an untargeted cross-entropy attack follows).
 
   Returns:
     (gradient [B, ...], logits) or, with `has_aux`, (gradient, (logits, aux)).
   """
+  checks.check_positive(temperature, "temperature")
+
   def total(v):
     out = logits_fn(v)
     logits, aux = out if has_aux else (out, None)
     chex.assert_rank(logits, 2)
-    log_p = jax.nn.log_softmax(logits, axis=-1)
+    log_p = jax.nn.log_softmax(logits / temperature, axis=-1)
     picked = jnp.take_along_axis(log_p, classes[:, None].astype(jnp.int32), axis=1)
     return jnp.sum(picked), (logits, aux)
 
@@ -216,16 +225,19 @@ def make_loss_fn(student: nn.Module, teacher_fn: LogitsFn, *, temperature: float
                  alpha: float = 0.0, input_offset: float = 0.0,
                  mutable: Sequence[str] | bool = True,
                  augment_fn: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
-                 jacobian_weight: float = 0.0, jacobian_class: str = "teacher"):
+                 jacobian_weight: float = 0.0, jacobian_class: str = "teacher",
+                 jacobian_temperature: float = 1.0):
   """A `loss_fn(params, model_state, batch, rng) -> (loss, (new_model_state, metrics))`.
 
   The batch is `{"x": uint8 [B, H, W, C], "y": int32 [B]}` (as `invjax.train`
   feeds it); the teacher and the student see the same (optionally augmented)
   float images, the student shifted by `input_offset`. With `jacobian_weight > 0`
   the Jacobian-matching term of the module docstring is added (metrics
-  "jacobian" and "grad_cosine"); `jacobian_class` is "teacher" or "random".
+  "jacobian" and "grad_cosine"); `jacobian_class` is "teacher" or "random";
+  `jacobian_temperature` softens the matched log-probability.
   """
   checks.check_positive(temperature, "temperature")
+  checks.check_positive(jacobian_temperature, "jacobian_temperature")
   checks.check_positive(jacobian_weight, "jacobian_weight", strict=False)
   if jacobian_class not in ("teacher", "random"):
     raise checks.InvjaxError(
@@ -251,9 +263,10 @@ def make_loss_fn(student: nn.Module, teacher_fn: LogitsFn, *, temperature: float
         classes = jnp.argmax(teacher_logits, -1)
       else:
         classes = jax.random.randint(jax.random.fold_in(fwd_rng, 1), (x.shape[0],), 0, teacher_logits.shape[-1])
-      g_t, _ = class_log_prob_gradient(teacher_fn, x, classes)
+      g_t, _ = class_log_prob_gradient(teacher_fn, x, classes, temperature=jacobian_temperature)
       g_s, (logits, new_state) = class_log_prob_gradient(
-          lambda v: student_apply(variables, v, fwd_rng), x, classes, has_aux=True)
+          lambda v: student_apply(variables, v, fwd_rng), x, classes, has_aux=True,
+          temperature=jacobian_temperature)
       align = gradient_alignment_loss(g_s, jax.lax.stop_gradient(g_t))
     else:
       logits, new_state = student_apply(variables, x, fwd_rng)
@@ -272,7 +285,8 @@ def distill(student: nn.Module, variables: Mapping[str, Any], teacher_fn: Logits
             optimizer: Optional[optax.GradientTransformation] = None,
             learning_rate: float = 1e-3, temperature: float = 4.0, alpha: float = 0.0,
             input_offset: float = 0.0, augment_fn=None, jacobian_weight: float = 0.0,
-            jacobian_class: str = "teacher", workdir: Optional[str] = None,
+            jacobian_class: str = "teacher", jacobian_temperature: float = 1.0,
+            workdir: Optional[str] = None,
             config: Optional[Mapping[str, Any]] = None, progress: bool = False, mesh=None
             ) -> Tuple[Dict[str, Any], list]:
   """Trains `student` (initial `variables`) to match `teacher_fn` on `dataset`.
@@ -288,7 +302,8 @@ def distill(student: nn.Module, variables: Mapping[str, Any], teacher_fn: Logits
     temperature, alpha: see `distillation_loss`.
     input_offset: the student sees `x - input_offset`.
     augment_fn: optional `augment_fn(key, x_float) -> x_float`.
-    jacobian_weight, jacobian_class: Jacobian matching (module docstring); 0 = off.
+    jacobian_weight, jacobian_class, jacobian_temperature: Jacobian matching (module
+      docstring); weight 0 = off.
     workdir: with a directory, run `invjax.train.train_loop` there (metrics.jsonl,
       orbax checkpoints, resume); without, a plain in-memory loop.
     config: extra train_loop settings (log_every, checkpoint_every, ...).
@@ -306,7 +321,8 @@ def distill(student: nn.Module, variables: Mapping[str, Any], teacher_fn: Logits
   loss_fn = make_loss_fn(student, teacher_fn, temperature=temperature, alpha=alpha,
                          input_offset=input_offset, mutable=list(model_state) or False,
                          augment_fn=augment_fn, jacobian_weight=jacobian_weight,
-                         jacobian_class=jacobian_class)
+                         jacobian_class=jacobian_class,
+                         jacobian_temperature=jacobian_temperature)
   state_key, data_key = jax.random.split(key)
   state = train.TrainState.create(params, optimizer, state_key, model_state)
   step_fn = train.make_train_step(loss_fn, optimizer, mutable=True)

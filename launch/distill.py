@@ -116,7 +116,8 @@ def distill_student(config, teacher_fn, train_ds, test_ds, workdir: str):
       temperature=sc.temperature, alpha=sc.alpha, input_offset=sc.input_offset,
       augment_fn=_augment if sc.augment else None,
       jacobian_weight=sc.get("jacobian_weight", 0.0),
-      jacobian_class=sc.get("jacobian_class", "teacher"), workdir=workdir, config=loop_cfg,
+      jacobian_class=sc.get("jacobian_class", "teacher"),
+      jacobian_temperature=sc.get("jacobian_temperature", 1.0), workdir=workdir, config=loop_cfg,
       progress=config.progress, mesh=train_flow.maybe_mesh(config))
   student_fn = jax.jit(distill_lib.student_logits_fn(model, variables,
                                                      input_offset=sc.input_offset))

@@ -130,10 +130,10 @@ def _np_softmax(v):
   return np.exp(_np_log_softmax(v))
 
 
-def _np_linear_grad(w, b, x, c):
-  """d log softmax(x w + b)_c / dx = w[:, c] - w softmax(x w + b), per row (closed form)."""
-  p = _np_softmax(x @ w + b)
-  return w[:, c].T - p @ w.T
+def _np_linear_grad(w, b, x, c, temp=1.0):
+  """d log softmax((x w + b) / T)_c / dx = (w[:, c] - w softmax((x w + b) / T)) / T per row."""
+  p = _np_softmax((x @ w + b) / temp)
+  return (w[:, c].T - p @ w.T) / temp
 
 
 def _np_cos(a, b):
@@ -153,6 +153,12 @@ def test_class_log_prob_gradient_linear(linear_pair):
   g, logits = distill.class_log_prob_gradient(lambda v: v @ w + b, jnp.asarray(x), jnp.asarray(c))
   np.testing.assert_allclose(logits, x @ w + b, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(g, _np_linear_grad(w, b, x, c), rtol=1e-4, atol=1e-5)
+  g3, _ = distill.class_log_prob_gradient(lambda v: v @ w + b, jnp.asarray(x), jnp.asarray(c),
+                                          temperature=3.0)
+  np.testing.assert_allclose(g3, _np_linear_grad(w, b, x, c, 3.0), rtol=1e-4, atol=1e-5)
+  with pytest.raises(InvjaxError, match="temperature must be > 0"):
+    distill.class_log_prob_gradient(lambda v: v @ w, jnp.asarray(x), jnp.asarray(c),
+                                    temperature=0.0)
 
 
 def test_gradient_alignment_loss_and_cosine(linear_pair):
@@ -207,6 +213,14 @@ def test_jacobian_term_in_loss_matches_closed_form(linear_pair):
   np.testing.assert_allclose(metrics["jacobian"], align.mean(), rtol=1e-4)
   np.testing.assert_allclose(metrics["grad_cosine"], 1 - align.mean() / 2, rtol=1e-4)
   np.testing.assert_allclose(loss, kd + beta * align.mean(), rtol=1e-4)
+  # A gradient temperature softens both models' log-probabilities before differentiating.
+  soft = distill.make_loss_fn(student, teacher, temperature=temp, mutable=False,
+                              jacobian_weight=beta, jacobian_temperature=3.0)
+  _, (_, m3) = soft(params["params"], {}, batch, jax.random.PRNGKey(0))
+  align3 = 2 * (1 - _np_cos(_np_linear_grad(ws, bs, xf, c, 3.0),
+                            _np_linear_grad(wt, bt, xf, c, 3.0)))
+  np.testing.assert_allclose(m3["jacobian"], align3.mean(), rtol=1e-4)
+  assert abs(align3.mean() - align.mean()) > 1e-3
   # "random" draws other classes: a different (still closed-form-sized) term.
   rnd = distill.make_loss_fn(student, teacher, temperature=temp, mutable=False,
                              jacobian_weight=beta, jacobian_class="random")
@@ -219,6 +233,8 @@ def test_jacobian_term_in_loss_matches_closed_form(linear_pair):
   np.testing.assert_allclose(loss0, kd, rtol=1e-4)
   with pytest.raises(InvjaxError, match="jacobian_weight must be >= 0"):
     distill.make_loss_fn(student, teacher, jacobian_weight=-1.0)
+  with pytest.raises(InvjaxError, match="jacobian_temperature must be > 0"):
+    distill.make_loss_fn(student, teacher, jacobian_weight=1.0, jacobian_temperature=-2.0)
   with pytest.raises(InvjaxError, match="jacobian_class must be"):
     distill.make_loss_fn(student, teacher, jacobian_weight=1.0, jacobian_class="top5")
 

@@ -20,5 +20,6 @@ from launch.configs import distill_cifar10_cpu
 
 def get_config() -> ml_collections.ConfigDict:
   config = distill_cifar10_cpu.get_config()
-  config.student.update(dict(jacobian_weight=1.0, jacobian_class="teacher"))
+  config.student.update(dict(jacobian_weight=3.0, jacobian_class="teacher",
+                             jacobian_temperature=4.0))
   return config

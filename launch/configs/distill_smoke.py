@@ -33,7 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
       model=dict(name="irevnet", num_blocks=(1, 1), hidden=16), head="pooled",
       input_offset=0.5, init_batch_size=64, num_steps=300, batch_size=64, learning_rate=2e-3,
       warmup_steps=20, grad_clip=10.0, weight_decay=0.0, jacobian_weight=0.0,
-      jacobian_class="teacher", temperature=4.0, alpha=0.0, augment=True, log_every=50, checkpoint_every=150, max_to_keep=1))
+      jacobian_class="teacher", jacobian_temperature=1.0, temperature=4.0, alpha=0.0,
+      augment=True, log_every=50, checkpoint_every=150, max_to_keep=1))
 
   config.attack = ml_collections.ConfigDict(dict(
       num_examples=100, batch_size=100, norms=("linf", "l2"), epsilons=(8 / 255, 0.5),
