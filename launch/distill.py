@@ -25,13 +25,20 @@ r"""Teacher CNN -> invertible student distillation, then the attack TRANSFER tab
    `config.student.jacobian_weight > 0` adds Jacobian matching to the distillation
    (`invjax.distill`), which aims at exactly that cosine.
 Writes `results.json` and `transfer.md` in `--workdir`; a rerun resumes/reuses.
+
+  python -m launch.distill --workdir=runs/compare \
+      --compare=baseline=runs/distill_cifar10_cpu,jacobian=runs/distill_cifar10_cpu_jacobian
+
+reads finished runs' `results.json` instead and writes `comparison.md`: their accuracies,
+agreement and input-gradient cosine, and each attack's success on the teacher side by side.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 if __package__ in (None, ""):  # `python launch/distill.py`
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -235,6 +242,59 @@ def markdown(results: Dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def comparison_markdown(runs: Sequence[Tuple[str, Dict[str, Any]]]) -> str:
+  """Finished runs side by side: one column per run, success on the teacher per attack
+  (and, in parentheses, on the model it was crafted on).
+
+  Args:
+    runs: (name, results dict of `run_experiment`) pairs. Attacks are matched by budget
+      and name, in the order they first appear; a run without one gets "-" there.
+  """
+  if not runs:
+    raise ValueError("comparison_markdown needs at least one (name, results) pair")
+
+  def row(label, fn):
+    return f"| {label} | " + " | ".join(fn(r) for _, r in runs) + " |"
+
+  lines = ["| | " + " | ".join(name for name, _ in runs) + " |", "|---" * (len(runs) + 1) + "|"]
+  for key in ("teacher_accuracy", "student_accuracy", "agreement"):
+    lines.append(row(key.replace("_", " "), lambda r, key=key: f"{r[key]:.4f}"))
+  lines.append(row("input-gradient cosine (median)", lambda r: (
+      f"{r['input_gradient_cosine']['median']:.3f}" if r.get("input_gradient_cosine") else "-")))
+  lines.append("| **success on the teacher (on the attacked model)** |" + " |" * len(runs))
+  order = []
+  for _, r in runs:
+    for t in r["transfer"]:
+      if (t["budget"], t["attack"]) not in order:
+        order.append((t["budget"], t["attack"]))
+  for budget, attack in order:
+    def cell(r, budget=budget, attack=attack):
+      found = [t for t in r["transfer"] if (t["budget"], t["attack"]) == (budget, attack)]
+      if not found:
+        return "-"
+      return f"{found[0]['success_on_teacher']:.3f} ({found[0]['success_on_attacked']:.2f})"
+    lines.append(row(f"{budget}: {attack}", cell))
+  return "\n".join(lines) + "\n"
+
+
+def compare_runs(spec: str, workdir: str) -> str:
+  """`--compare=name=dir,...`: reads each dir's results.json, writes `comparison.md`."""
+  runs = []
+  for item in spec.split(","):
+    name, sep, run_dir = item.partition("=")
+    if not sep or not name or not run_dir:
+      raise ValueError(f"--compare wants name=dir pairs separated by commas, got {item!r}")
+    path = os.path.join(run_dir, "results.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"--compare: {path} does not exist (is the run {name!r} finished?)")
+    with open(path) as f:
+      runs.append((name, json.load(f)))
+  table = comparison_markdown(runs)
+  os.makedirs(workdir, exist_ok=True)
+  io.write_text(os.path.join(workdir, "comparison.md"), table)
+  return table
+
+
 def run_experiment(config, workdir: str, data_dir: str | None = None) -> Dict[str, Any]:
   """The whole pipeline; returns (and writes) the results dict."""
   t_start = time.time()
@@ -272,6 +332,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if FLAGS.cpu_devices:
     parallel.cpu_cores_as_devices(None if FLAGS.cpu_devices < 0 else FLAGS.cpu_devices)
+  if FLAGS.compare:
+    print(compare_runs(FLAGS.compare, FLAGS.workdir))
+    return
   train.quiet_library_logs()
   results = run_experiment(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
   print(markdown(results))
@@ -285,4 +348,6 @@ if __name__ == "__main__":
                        "the transfer attacks split their batches over them (faster), and with "
                        "config.data_parallel='auto' training runs data-parallel (its numbers then "
                        "depend on the core count).")
+  flags.DEFINE_string("compare", None, "name=dir,name=dir,...: only compare finished runs "
+                      "(their results.json) side by side, into <workdir>/comparison.md.")
   app.run(main)

@@ -5,10 +5,10 @@ r"""Full CIFAR-10 on a CPU: SmallCNN teacher -> small i-RevNet student, then the
 
 The CPU-sized counterpart of `distill_cifar10.py` (ResNet-18 -> 18-block i-RevNet, GPU/TPU):
 all 50,000 training images, a SmallCNN teacher (widths 32-64-128) and a 6-block i-RevNet
-student (hidden 32, pooled linear head), 4,000 steps of batch 128 each (20 + 18 minutes on 2
-CPU cores), then PGD-20 and the Jacobian-aware latent attack (margins 0, 5, 20 and 40, and once
+student (hidden 32, pooled linear head), 4,000 steps of batch 128 each (15 + 13 minutes on 2
+idle CPU cores), then PGD-20 and the Jacobian-aware latent attack (margins 0, 5, 20 and 40, and once
 without the epsilon ball; its latent target decoded exactly and to first order) on the first
-500 test images the teacher gets right (3.5 minutes),
+500 test images the teacher gets right (4 minutes),
 and the student's local Lipschitz constants in both directions. The README's "Transfer
 through a distilled student" table is this run (teacher 81.2%, student 76.3%, agreement 82.2%).
 """

@@ -10,8 +10,10 @@ gains `jacobian_weight * 2 (1 - cos(g_student, g_teacher))` on the input gradien
 teacher's predicted class (`invjax.distill`). A student step costs about twice as much (a
 double backward pass). The question it answers: do attacks crafted on the student, the
 latent-inversion ones included, transfer better to the teacher when the two models' input
-gradients point the same way? Compare the two runs' `transfer.md` (the input-gradient
-cosine is on its first line).
+gradients point the same way? `python -m launch.distill --workdir=C
+--compare=baseline=<baseline workdir>,jacobian=<this workdir>` puts the two side by side.
+Measured (README, 2026-12-02, same teacher): cosine 0.138 -> 0.237, PGD-20 transfer at
+8/255 0.402 -> 0.754, latent (linear decode, margin 40) 0.266 -> 0.518; student 25 vs 13 min.
 """
 import ml_collections
 
