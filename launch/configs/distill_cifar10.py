@@ -40,7 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
       model=dict(name="irevnet", num_blocks=(6, 6, 6), hidden=64), head="pooled",
       input_offset=0.5, init_batch_size=512, num_steps=60_000, batch_size=128,
       learning_rate=1e-3, warmup_steps=2_000, grad_clip=10.0, weight_decay=5e-4,
-      jacobian_weight=0.0, jacobian_class="teacher", jacobian_temperature=1.0,
+      # Jacobian matching off; when on, T_j = 4 (T_j = 1 was unstable on an i-RevNet, README)
+      jacobian_weight=0.0, jacobian_class="teacher", jacobian_temperature=4.0,
       temperature=4.0, alpha=0.1, augment=True, log_every=200, checkpoint_every=2_000,
       max_to_keep=2))
 
