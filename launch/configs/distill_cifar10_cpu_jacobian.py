@@ -4,16 +4,19 @@ r"""`distill_cifar10_cpu.py` with Jacobian matching (Srinivas & Fleuret 2018) in
       --config.teacher.workdir=runs/distill_cifar10_cpu/teacher \
       --workdir=runs/distill_cifar10_cpu_jacobian --data_dir=../shared/data/cifar10
 
-The same teacher (reuse a finished `distill_cifar10_cpu.py` run's, as above, or let it train
-in `<workdir>/teacher`: same seed, same weights) and the same student and schedule; the loss
-gains `jacobian_weight * 2 (1 - cos(g_student, g_teacher))` on the input gradients of the
-teacher's predicted class (`invjax.distill`). A student step costs about twice as much (a
-double backward pass). The question it answers: do attacks crafted on the student, the
-latent-inversion ones included, transfer better to the teacher when the two models' input
-gradients point the same way? `python -m launch.distill --workdir=C
---compare=baseline=<baseline workdir>,jacobian=<this workdir>` puts the two side by side.
-Measured (README, 2026-12-02, same teacher): cosine 0.138 -> 0.237, PGD-20 transfer at
-8/255 0.402 -> 0.754, latent (linear decode, margin 40) 0.266 -> 0.518; student 25 vs 13 min.
+The same teacher (reuse a finished `distill_cifar10_cpu.py` run's, as above; or let it train in
+`<workdir>/teacher`: same seed, but the weights are bit-identical only on the same kind of CPU,
+since XLA:CPU picks other kernels without AVX-512: 81.2% on an AVX-512 machine, 80.5% on an
+AMD EPYC without it) and the same student and schedule; the loss gains
+`jacobian_weight * 2 (1 - cos(g_student, g_teacher))` on the input gradients of the teacher's
+predicted class at temperature `jacobian_temperature` (`invjax.distill`). A student step costs
+about twice as much (a double backward pass). The question it answers: do attacks crafted on
+the student, the latent-inversion ones included, transfer better to the teacher when the two
+models' input gradients point the same way? `python -m launch.distill --workdir=C
+--compare=baseline=<baseline workdir>,jacobian=<this workdir>` puts runs side by side.
+Measured (README, 2026-12-02, same teacher; beta 3 / beta 10): cosine 0.138 -> 0.237 / 0.333,
+PGD-20 transfer at 8/255 0.402 -> 0.754 / 0.936, latent (linear decode, margin 40) 0.266 ->
+0.518 / 0.698; student 25 vs 13 min on that CPU.
 """
 import ml_collections
 
@@ -22,6 +25,6 @@ from launch.configs import distill_cifar10_cpu
 
 def get_config() -> ml_collections.ConfigDict:
   config = distill_cifar10_cpu.get_config()
-  config.student.update(dict(jacobian_weight=3.0, jacobian_class="teacher",
+  config.student.update(dict(jacobian_weight=10.0, jacobian_class="teacher",
                              jacobian_temperature=4.0))
   return config
