@@ -5,9 +5,8 @@ r"""`distill_cifar10_cpu.py` with Jacobian matching (Srinivas & Fleuret 2018) in
       --workdir=runs/distill_cifar10_cpu_jacobian --data_dir=../shared/data/cifar10
 
 The same teacher (reuse a finished `distill_cifar10_cpu.py` run's, as above; or let it train in
-`<workdir>/teacher`: same seed, but the weights are bit-identical only on the same kind of CPU,
-since XLA:CPU picks other kernels without AVX-512: 81.2% on an AVX-512 machine, 80.5% on an
-AMD EPYC without it) and the same student and schedule; the loss gains
+`<workdir>/teacher`: same seed, but on another kind of CPU XLA:CPU picks other kernels and the
+weights differ: 81.2% on an AVX-512 machine, 80.5% on an AMD EPYC without AVX-512) and the same student and schedule; the loss gains
 `jacobian_weight * 2 (1 - cos(g_student, g_teacher))` on the input gradients of the teacher's
 predicted class at temperature `jacobian_temperature` (`invjax.distill`). A student step costs
 about twice as much (a double backward pass). The question it answers: do attacks crafted on
