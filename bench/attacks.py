@@ -3,12 +3,13 @@ r"""Attack benchmark (CPU by default), in one run:
 (a) PGD-20 L_inf throughput (images/s) of invjax vs Foolbox 3 (PyTorch) on the same
     CIFAR CNN (`invjax.nets.cnn.SmallCNN`, weights copied into an equivalent torch
     module; the two forwards are checked to agree), and torchattacks when it is
-    importable (it is not installed by default: `pip install --dry-run torchattacks`
-    wants to replace torch), and a hand-written PyTorch PGD loop (no library, frozen
-    weights: the equal-work floor of the PyTorch side). invjax runs twice: with the batch
-    split over one JAX CPU device per core (`--cpu_devices=-1`, the default, as
-    `launch/attack.py` does; `invjax.parallel.call_sharded`) and on one device. Same batch, epsilon 8/255, step 2/255, random start, all
-    20 steps for every image (no early stop). Target: invjax >= 1.5x Foolbox. The
+    importable (not installed by default: `pip install --no-deps torchattacks`, since its
+    dependencies would replace the CPU torch build), and a hand-written PyTorch PGD loop (no
+    library, frozen weights: the equal-work floor of the PyTorch side). invjax runs twice:
+    with the batch split over one JAX CPU device per core (`--cpu_devices=-1`, the default,
+    as `launch/attack.py` does; `invjax.parallel.call_sharded`) and on one device. Same
+    batch, epsilon 8/255, step 2/255, random start, all 20 steps for every image (no early
+    stop). Target: invjax >= 1.5x Foolbox. The
     reference Foolbox row runs the torch model with frozen weights (`requires_grad_(False)`):
     Foolbox's `loss.backward()` otherwise also computes every weight gradient, work invjax
     does not do; that default-usage row is reported too.
@@ -212,11 +213,13 @@ def bench_throughput(batch, repeats, cnn_steps):
       with torch.no_grad():
         return float((tmodel(adv).argmax(1) != yt).float().mean())
 
-    fns["torchattacks (PyTorch)"] = run_ta
+    # as documented: weights that require grad; its `torch.autograd.grad(cost, adv_images)`
+    # computes only the input gradient, the same work as invjax
+    fns[f"torchattacks {torchattacks.__version__} (PyTorch), as documented"] = run_ta
     ta_note = ""
   except ImportError:
-    ta_note = ("torchattacks: skipped (not installed; `pip install --dry-run torchattacks` "
-               "would replace torch 2.13.0+cpu with a CUDA build).")
+    ta_note = ("torchattacks: skipped (not installed; `pip install --no-deps torchattacks` adds "
+               "it without replacing the CPU torch build, which its dependencies would).")
   times, success = _interleaved_times(fns, repeats)
   t_fb = np.asarray(times[FOOLBOX])
   lines = [f"(a) PGD-20 L_inf, eps 8/255, step 2/255, batch {batch}, "

@@ -56,16 +56,11 @@ from invjax import distill as distill_lib
 from invjax import parallel
 from invjax import train
 from invjax.attacks import gradient
+from invjax.attacks import latent as latent_lib
 from invjax.flows import classifier as clf_lib
 from invjax.nets import cnn
 from invjax.robust import lipschitz
 from launch import train_flow
-
-try:  # written by another engineer; the table skips (iii) without it
-  from invjax.attacks import latent as latent_lib  # pylint: disable=g-import-not-at-top
-except ImportError as e:  # pragma: no cover
-  latent_lib = None
-  _LATENT_IMPORT_ERROR = repr(e)
 
 
 def _augment(key, x):
@@ -185,10 +180,6 @@ def transfer_table(config, teacher_fn, student_model, student_vars, student_fn, 
         teacher_fn, xb, yb, key=k, early_stop=True, **pgd_kw))})
     rows.append({"budget": tag, **run("(ii) PGD on student -> teacher", lambda xb, yb, k: gradient.pgd(
         student_fn, xb, yb, key=k, early_stop=False, **pgd_kw))})
-    if latent_lib is None:
-      logging.warning("skipping (iii): invjax.attacks.latent not importable (%s)",
-                      _LATENT_IMPORT_ERROR)
-      continue
     budgets = []
     for step in decode_steps:
       budgets += [(kappa, eps, step) for kappa in kappas]
