@@ -31,6 +31,7 @@ import optax
 from bench import report
 from invjax import data
 from invjax.flows import iresnet
+from invjax.flows.glow import Glow
 from invjax.flows.spectral_norm import converge_spectral_norms
 
 flags.DEFINE_list("coeffs", ["0.5", "0.7", "0.9", "0.97"], "Spectral-norm coefficients.")
@@ -141,22 +142,16 @@ def _timed_train(name, init_fn, loss_fn, x_uint8, batch_size, steps):
 def throughput_table(x_uint8):
   bs, steps, dims = FLAGS.batch_size, FLAGS.steps, 32 * 32 * 3
   rows = []
-  try:
-    from invjax.flows.glow import Glow   # written by another engineer; optional here
-  except ImportError as e:                # pragma: no cover
-    print(f"Glow not available ({e}); skipping its throughput row")
-    Glow = None
-  if Glow is not None:
-    glow = Glow((32, 32, 3), num_levels=2, num_steps=4, hidden=32)
+  glow = Glow((32, 32, 3), num_levels=2, num_steps=4, hidden=32)
 
-    def glow_init(key, x):
-      return glow.init(key, x - 0.5)["params"], None
+  def glow_init(key, x):
+    return glow.init(key, x - 0.5)["params"], None
 
-    def glow_loss(params, state, key, x):
-      return jnp.mean(_nll_bits(glow.apply({"params": params}, x - 0.5, method="log_prob"),
-                                dims)), state
-    rows.append(_timed_train("Glow smoke (2 levels x 4 steps, hidden 32)", glow_init, glow_loss,
-                             x_uint8, bs, steps))
+  def glow_loss(params, state, key, x):
+    return jnp.mean(_nll_bits(glow.apply({"params": params}, x - 0.5, method="log_prob"),
+                              dims)), state
+  rows.append(_timed_train("Glow smoke (2 levels x 4 steps, hidden 32)", glow_init, glow_loss,
+                           x_uint8, bs, steps))
 
   for label, overrides in [("power series, 5 terms", {}),
                            ("Russian roulette", dict(logdet="russian_roulette"))]:
