@@ -41,6 +41,7 @@ import numpy as np
 import optax
 
 from bench import report
+from bench import torch_cnn
 from invjax import compilation
 from invjax import data as data_lib
 from invjax import parallel
@@ -107,42 +108,6 @@ def _train_cnn(steps):
   return model, state.variables
 
 
-def _torch_cnn(variables):
-  """The same SmallCNN in PyTorch (NCHW), weights copied from the Flax variables."""
-  import torch  # pylint: disable=g-import-not-at-top
-  from torch import nn as tnn  # pylint: disable=g-import-not-at-top
-
-  params = variables["params"]
-  convs = sorted([k for k in params if k.startswith("Conv_")], key=lambda k: int(k[5:]))
-  mean = torch.tensor(cnn.CIFAR10_MEAN).view(1, 3, 1, 1)
-  std = torch.tensor(cnn.CIFAR10_STD).view(1, 3, 1, 1)
-
-  class TorchSmallCNN(tnn.Module):
-    def __init__(self):
-      super().__init__()
-      self.convs = tnn.ModuleList()
-      for k in convs:
-        kern = np.asarray(params[k]["kernel"])  # HWIO
-        conv = tnn.Conv2d(kern.shape[2], kern.shape[3], 3, padding=1)
-        conv.weight.data = torch.from_numpy(np.ascontiguousarray(kern.transpose(3, 2, 0, 1)))
-        conv.bias.data = torch.from_numpy(np.asarray(params[k]["bias"]).copy())
-        self.convs.append(conv)
-      dense = params["Dense_0"]
-      self.fc = tnn.Linear(*np.asarray(dense["kernel"]).shape)
-      self.fc.weight.data = torch.from_numpy(np.ascontiguousarray(np.asarray(dense["kernel"]).T))
-      self.fc.bias.data = torch.from_numpy(np.asarray(dense["bias"]).copy())
-
-    def forward(self, x):
-      h = (x - mean) / std
-      for i in range(0, len(self.convs), 2):
-        h = torch.relu(self.convs[i](h))
-        h = torch.relu(self.convs[i + 1](h))
-        h = torch.nn.functional.max_pool2d(h, 2)
-      return self.fc(h.mean(dim=(2, 3)))
-
-  return TorchSmallCNN().eval()
-
-
 def bench_throughput(batch, repeats, cnn_steps):
   import torch  # pylint: disable=g-import-not-at-top
   import foolbox as fb  # pylint: disable=g-import-not-at-top
@@ -152,7 +117,7 @@ def bench_throughput(batch, repeats, cnn_steps):
   x = data_lib.to_float(test.x[:batch])
   y = jnp.asarray(test.y[:batch])
   logits_fn = jax.jit(cnn.logits_fn(model, variables))
-  tmodel = _torch_cnn(variables)
+  tmodel = torch_cnn.small_cnn(variables)
   xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
   yt = torch.from_numpy(np.asarray(y).astype(np.int64))
   with torch.no_grad():
@@ -172,14 +137,7 @@ def bench_throughput(batch, repeats, cnn_steps):
 
   def run_torch_loop():
     """PGD-20 as a plain PyTorch loop: the same steps, no library around them."""
-    g = torch.Generator().manual_seed(0)
-    x0 = xt
-    xa = (x0 + (torch.rand(x0.shape, generator=g) * 2 - 1) * EPS).clamp(0, 1)
-    for _ in range(20):
-      xa.requires_grad_(True)
-      loss = torch.nn.functional.cross_entropy(frozen(xa), yt)
-      grad, = torch.autograd.grad(loss, xa)
-      xa = torch.min(torch.max(xa.detach() + STEP * grad.sign(), x0 - EPS), x0 + EPS).clamp(0, 1)
+    xa = torch_cnn.pgd_linf(frozen, xt, yt, epsilon=EPS, step_size=STEP, num_steps=20)
     with torch.no_grad():
       return float((frozen(xa).argmax(1) != yt).float().mean())
 
@@ -196,7 +154,7 @@ def bench_throughput(batch, repeats, cnn_steps):
   # Foolbox differentiates with `loss.backward()`, which also computes the gradient of
   # every weight that requires one (nn.Module's default, and Foolbox's documented usage).
   # The reference row freezes the weights: the same work as invjax's input gradient.
-  frozen = _torch_cnn(variables).requires_grad_(False)
+  frozen = torch_cnn.small_cnn(variables).requires_grad_(False)
   devices = jax.local_device_count()
   fns = {FOOLBOX: foolbox_runner(frozen)}
   if devices > 1:

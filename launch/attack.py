@@ -414,6 +414,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  jax.config.config_with_absl()  # JAX's options as flags, e.g. --jax_compilation_cache_dir
   config_flags.DEFINE_config_file(
       "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                              "attack_smoke.py"), "Attack config file.", lock_config=True)

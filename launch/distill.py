@@ -333,6 +333,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  jax.config.config_with_absl()  # JAX's options as flags, e.g. --jax_compilation_cache_dir
   train_flow.define_flags(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                                        "distill_smoke.py"))
   flags.DEFINE_integer("cpu_devices", 0, "JAX CPU devices: 0 JAX's default (one); -1 one per core: "

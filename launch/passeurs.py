@@ -63,5 +63,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  jax.config.config_with_absl()  # JAX's options as flags, e.g. --jax_compilation_cache_dir
   flags.mark_flags_as_required(["config"])
   app.run(main)

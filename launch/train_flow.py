@@ -189,6 +189,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  jax.config.config_with_absl()  # JAX's options as flags, e.g. --jax_compilation_cache_dir
   define_flags(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                             "flow_smoke.py"))
   app.run(main)

@@ -22,8 +22,8 @@ TINY_MODELS = {
 }
 
 
-def _cli(script, config, workdir, model_overrides):
-  flags = [f"--config.{k}={v}" for k, v in TINY.items()]
+def _cli(script, config, workdir, model_overrides, extra_flags=()):
+  flags = [f"--config.{k}={v}" for k, v in TINY.items()] + list(extra_flags)
   flags += [f"--config.model.{k}={v}" for k, v in model_overrides.items()]
   cmd = [sys.executable, os.path.join(ROOT, "launch", script), f"--config={config}",
          f"--workdir={workdir}"] + flags
@@ -47,8 +47,13 @@ def test_launch_then_resume(kind, tmp_path):
                      "launch/configs/classifier_smoke.py"),
   }[kind]
   workdir = str(tmp_path / kind)
-  proc = _cli(script, config_file, workdir, TINY_MODELS[kind])
+  # JAX's own options are flags of every launch script (`jax.config.config_with_absl`).
+  cache = tmp_path / "jax_cache"
+  proc = _cli(script, config_file, workdir, TINY_MODELS[kind],
+              [f"--jax_compilation_cache_dir={cache}",
+               "--jax_persistent_cache_min_compile_time_secs=0"])
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+  assert cache.is_dir() and any(cache.iterdir()), "--jax_compilation_cache_dir was not used"
   want = "test bits/dim" if kind == "flow" else "test accuracy"
   assert want in proc.stdout, proc.stdout
   records = train.read_metrics(workdir)
