@@ -141,7 +141,6 @@ def _torch_op_times(fn, steps: int):
 def _matmul_gflops(repeats: int):
   """GFLOP/s of a 1024^3 float32 matrix product in XLA (jit) and torch, best of `repeats`."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
 
   n = 1024

@@ -54,6 +54,7 @@ from invjax.attacks import invariance
 from invjax.attacks import latent
 from invjax.checks import InvjaxError
 from invjax.flows import classifier as classifier_lib
+from launch import runtime
 
 # ----------------------------------------------------------------------------- model
 
@@ -414,7 +415,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  jax.config.config_with_absl()  # JAX's options as flags, e.g. --jax_compilation_cache_dir
+  runtime.configure()  # JAX's options as flags (--jax_compilation_cache_dir, ...)
   config_flags.DEFINE_config_file(
       "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                              "attack_smoke.py"), "Attack config file.", lock_config=True)

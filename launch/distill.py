@@ -60,6 +60,7 @@ from invjax.attacks import latent as latent_lib
 from invjax.flows import classifier as clf_lib
 from invjax.nets import cnn
 from invjax.robust import lipschitz
+from launch import runtime
 from launch import train_flow
 
 
@@ -326,14 +327,13 @@ def main(argv):
   if FLAGS.compare:
     print(compare_runs(FLAGS.compare, FLAGS.workdir))
     return
-  train.quiet_library_logs()
   results = run_experiment(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
   print(markdown(results))
   print(f"({results['wall_s']:.1f} s)")
 
 
 if __name__ == "__main__":
-  jax.config.config_with_absl()  # JAX's options as flags, e.g. --jax_compilation_cache_dir
+  runtime.configure()  # JAX's options as flags (--jax_compilation_cache_dir, ...)
   train_flow.define_flags(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                                        "distill_smoke.py"))
   flags.DEFINE_integer("cpu_devices", 0, "JAX CPU devices: 0 JAX's default (one); -1 one per core: "

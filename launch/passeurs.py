@@ -31,6 +31,7 @@ import jax
 from ml_collections import config_flags
 
 from invjax.passeurs import pipeline
+from launch import runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
@@ -63,6 +64,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  jax.config.config_with_absl()  # JAX's options as flags, e.g. --jax_compilation_cache_dir
+  runtime.configure()  # JAX's options as flags (--jax_compilation_cache_dir, ...)
   flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -31,6 +31,7 @@ from invjax import data as data_lib
 from invjax import train
 from invjax.flows import classifier as clf_lib
 from invjax.flows import multiscale
+from launch import runtime
 from launch import train_flow
 
 
@@ -119,7 +120,6 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  train.quiet_library_logs()
   results = train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
   extra = (f", test bits/dim {results['test_bits_per_dim']:.4f}"
            if "test_bits_per_dim" in results else "")
@@ -128,7 +128,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  jax.config.config_with_absl()  # JAX's options as flags, e.g. --jax_compilation_cache_dir
+  runtime.configure()  # JAX's options as flags (--jax_compilation_cache_dir, ...)
   train_flow.define_flags(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                                        "classifier_smoke.py"))
   app.run(main)

@@ -37,6 +37,7 @@ from invjax import parallel
 from invjax import train
 from invjax.checks import InvjaxError
 from invjax.flows import multiscale
+from launch import runtime
 
 
 def _kwargs(model_config) -> Dict[str, Any]:
@@ -182,14 +183,13 @@ def define_flags(default_config: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  train.quiet_library_logs()
   results = train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
   print(f"test bits/dim {results['test_bits_per_dim']:.4f} after {results['step']} steps "
         f"({results['model']}, {results['wall_s']:.1f} s)")
 
 
 if __name__ == "__main__":
-  jax.config.config_with_absl()  # JAX's options as flags, e.g. --jax_compilation_cache_dir
+  runtime.configure()  # JAX's options as flags (--jax_compilation_cache_dir, ...)
   define_flags(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                             "flow_smoke.py"))
   app.run(main)

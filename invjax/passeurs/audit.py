@@ -33,7 +33,7 @@ no evidence; 2 means the 1% level after correction).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict
 
 import jax
 import numpy as np

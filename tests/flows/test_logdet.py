@@ -48,7 +48,7 @@ def _exact(params, x):
 
 def _truncated(params, x, n):
   def one(j):
-    powers, jk, out = [], jnp.eye(D), 0.0
+    jk, out = jnp.eye(D), 0.0
     for k in range(1, n + 1):
       jk = jk @ j
       out = out + (-1.0) ** (k + 1) / k * jnp.trace(jk)

@@ -54,6 +54,15 @@ def test_launch_then_resume(kind, tmp_path):
                "--jax_persistent_cache_min_compile_time_secs=0"])
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
   assert cache.is_dir() and any(cache.iterdir()), "--jax_compilation_cache_dir was not used"
+  if kind == "flow":
+    # The same command again restores the finished run (no step redone); launch.runtime
+    # keeps orbax's INFO records (dozens per restore) out of the log.
+    again = _cli(script, config_file, workdir, TINY_MODELS[kind])
+    assert again.returncode == 0, again.stderr[-4000:]
+    orbax_info = [line for line in again.stderr.splitlines()
+                  if line.startswith("I") and "checkpoint_manager.py" in line]
+    assert not orbax_info, orbax_info[:3]
+    assert "resumed from" in again.stderr, again.stderr[-4000:]
   want = "test bits/dim" if kind == "flow" else "test accuracy"
   assert want in proc.stdout, proc.stdout
   records = train.read_metrics(workdir)

@@ -9,7 +9,6 @@ import pytest
 
 from invjax import data
 from invjax.checks import InvjaxError
-from invjax.data.dataset import Dataset
 from invjax.passeurs import pipeline
 from invjax.passeurs import poison
 

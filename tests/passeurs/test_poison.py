@@ -1,5 +1,4 @@
 """Passeurs poisoning steps, checked against closed-form gradients of a linear feature map."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
