@@ -42,7 +42,7 @@ import optax
 
 from bench import report
 from bench import torch_cnn
-from invjax import compilation
+from invjax._src import compilation
 from invjax import data as data_lib
 from invjax import parallel
 from invjax import train

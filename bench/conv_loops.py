@@ -1,7 +1,7 @@
-r"""Benchmark: gradients through convolutions inside `lax` loops, `invjax.conv` vs `lax.conv`.
+r"""Benchmark: gradients through convolutions inside `lax` loops, `invjax._src.conv` vs `lax.conv`.
 
 XLA:CPU compiles the input gradient of `lax.conv_general_dilated` inside a loop body to a
-naive loop nest (see `invjax/conv.py`); `invjax.conv.conv_general_dilated` keeps it on the
+naive loop nest (see `invjax/_src/conv.py`); `invjax._src.conv.conv_general_dilated` keeps it on the
 Eigen kernels. The peer is the same code with `INVJAX_CONV_PRIMITIVE=0` (plain lax), built in
 the same process (the switch is read when a function is traced) and timed in turn with it,
 `--repeats` rounds; the table gives medians. Every pair is checked to return the same values.
@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench import report
-from invjax import compilation
-from invjax import conv
+from invjax._src import compilation
+from invjax._src import conv
 from invjax.attacks import gradient
 from invjax.flows import iresnet
 from invjax.nets import cnn

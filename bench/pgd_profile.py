@@ -2,7 +2,7 @@ r"""Where one PGD step spends its time, invjax vs PyTorch, on one CPU core.
 
 Both sides run the same L_inf PGD steps (input gradient only: frozen weights in torch) of
 the same `SmallCNN` weights, pinned to one core (`--core`; torch with one thread, invjax
-with one JAX CPU device, so `invjax.compilation.jit` keeps XLA:CPU's YNNPACK convolutions,
+with one JAX CPU device, so `invjax._src.compilation.jit` keeps XLA:CPU's YNNPACK convolutions,
 as on each device of the batch split that `bench/attacks.py` measures). Each side's
 profiler (JAX's trace of the XLA ops; `torch.profiler`'s self time of the aten ops) splits
 the step into
@@ -167,7 +167,7 @@ def profile(batch: int, steps: int, repeats: int) -> str:
   import torch  # pylint: disable=g-import-not-at-top
 
   from bench import torch_cnn  # pylint: disable=g-import-not-at-top
-  from invjax import compilation  # pylint: disable=g-import-not-at-top
+  from invjax._src import compilation  # pylint: disable=g-import-not-at-top
   from invjax import data as data_lib  # pylint: disable=g-import-not-at-top
   from invjax.attacks import gradient  # pylint: disable=g-import-not-at-top
   from invjax.nets import cnn  # pylint: disable=g-import-not-at-top

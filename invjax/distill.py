@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from invjax import checks
+from invjax._src import checks
 from invjax import data as data_lib
 from invjax import train
 

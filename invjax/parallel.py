@@ -17,8 +17,8 @@ each convolution on one thread. `cpu_cores_as_devices()` (called right after
 splits a batch over them (padding it to a multiple of the device count and cutting the
 outputs back). On the 2-core development machine, PGD-20 on `SmallCNN` (batch 128) runs at
 ~56 images/s split over 2 devices, against ~47 on one device with XLA's multi-threaded
-(Eigen) convolutions that `invjax.compilation.jit` selects there, and ~33 on one device
-with JAX's defaults (`bench/attacks.py`). `invjax.compilation.jit` picks the convolution
+(Eigen) convolutions that `invjax._src.compilation.jit` selects there, and ~33 on one device
+with JAX's defaults (`bench/attacks.py`). `invjax._src.compilation.jit` picks the convolution
 library from the number of devices a call's arguments span.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 
 DATA_AXIS = "data"
 _DEVICE_COUNT_FLAG = re.compile(r"--xla_force_host_platform_device_count=(\d+)")

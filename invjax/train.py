@@ -25,7 +25,6 @@ without atomic rename, a manual copy) is moved aside, never restored.
 from __future__ import annotations
 
 import json
-import logging as logging_std
 import math
 import os
 import time
@@ -39,9 +38,9 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from invjax import compilation
+from invjax._src import compilation
 from invjax import data as data_lib
-from invjax.checks import ConvergenceError, InvjaxError
+from invjax._src.checks import ConvergenceError, InvjaxError
 
 PyTree = Any
 Batch = Dict[str, Any]
@@ -499,37 +498,6 @@ def train_loop(config, state: TrainState, train_step: Callable, dataset: data_li
   finally:
     ckpt.close()
   return state, {k[len("eval/"):]: v for k, v in eval_metrics.items()}
-
-
-class _BelowWarningFrom(logging_std.Filter):
-  """Drops records below WARNING from files under one of `prefixes`, unless absl's verbosity
-  is 1 or more (`-v 1`)."""
-
-  def __init__(self, prefixes):
-    super().__init__()
-    self.prefixes = tuple(prefixes)
-
-  def filter(self, record):
-    return (record.levelno >= logging_std.WARNING or logging.get_verbosity() >= 1
-            or not any(p in (record.pathname or "") for p in self.prefixes))
-
-
-def library_log_filter(prefixes: Sequence[str] = ("orbax",)) -> logging_std.Filter:
-  """The filter `quiet_library_logs` installs: records below WARNING from files under a
-  `<sep><prefix><sep>` directory are dropped (kept at absl verbosity >= 1)."""
-  return _BelowWarningFrom([os.sep + p + os.sep for p in prefixes])
-
-
-def quiet_library_logs(prefixes: Sequence[str] = ("orbax",)) -> None:
-  """Hides INFO logs of orbax (dozens of lines per checkpoint save or restore) from absl's
-  handler, so a run's own progress lines stay readable.
-
-  Meant for launch scripts (`launch.runtime.configure` calls it); keeps warnings and errors,
-  and everything when the run asks for verbose logs (`-v 1` or more).
-  """
-  handler = logging.get_absl_handler()
-  if not any(isinstance(f, _BelowWarningFrom) for f in handler.filters):
-    handler.addFilter(library_log_filter(prefixes))
 
 
 def _fmt(metrics: Mapping[str, float]) -> str:

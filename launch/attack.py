@@ -46,13 +46,13 @@ import numpy as np
 import optax
 
 from invjax import data as data_lib
-from invjax import io
+from invjax._src import io
 from invjax import parallel
 from invjax import train
 from invjax.attacks import gradient
 from invjax.attacks import invariance
 from invjax.attacks import latent
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.flows import classifier as classifier_lib
 from launch import runtime
 

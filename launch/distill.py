@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from invjax import data as data_lib
-from invjax import io
+from invjax._src import io
 from invjax import distill as distill_lib
 from invjax import parallel
 from invjax import train

@@ -5,7 +5,7 @@
     the script, e.g. `--jax_compilation_cache_dir=DIR` (compiled programs kept on disk for
     the next or a resumed run), `--jax_platforms=cpu`, `--jax_enable_x64`; `--helpfull` lists
     them.
-  * `invjax.train.quiet_library_logs()`: orbax's INFO records (dozens per checkpoint save or
+  * `invjax._src.logs.quiet_library_logs()`: orbax's INFO records (dozens per checkpoint save or
     restore) are dropped from the absl log unless the run asks for verbose logs (`-v 1`), so
     the script's own progress lines stay readable; warnings and errors always pass.
 """
@@ -14,11 +14,11 @@ from __future__ import annotations
 from absl import flags
 import jax
 
-from invjax import train
+from invjax._src import logs
 
 
 def configure() -> None:
   """Call in a launch script's `if __name__ == "__main__":`, before `app.run` (idempotent)."""
   if "jax_platforms" not in flags.FLAGS:
     jax.config.config_with_absl()
-  train.quiet_library_logs()
+  logs.quiet_library_logs()

@@ -32,10 +32,10 @@ import numpy as np
 import optax
 
 from invjax import data as data_lib
-from invjax import io
+from invjax._src import io
 from invjax import parallel
 from invjax import train
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.flows import multiscale
 from launch import runtime
 

@@ -8,7 +8,7 @@ import pytest
 
 from invjax import data
 from invjax import distill
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.flows.chain import Chain
 from invjax.flows.classifier import make_classifier
 from invjax.flows.coupling import AffineCoupling

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from invjax import parallel
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 
 _SCRIPT = textwrap.dedent("""
   import jax, jax.numpy as jnp, numpy as np, optax, flax.linen as nn
   from invjax import data as data_lib, parallel, train
-  from invjax.checks import InvjaxError
+  from invjax._src.checks import InvjaxError
   assert jax.device_count() == 8, jax.devices()
 
   class Net(nn.Module):
@@ -92,9 +92,9 @@ _CORES_SCRIPT = textwrap.dedent("""
   from invjax import parallel
   assert parallel.cpu_cores_as_devices(3) == 3
   import jax.numpy as jnp, numpy as np
-  from invjax import compilation
+  from invjax._src import compilation
   from invjax.attacks import gradient
-  from invjax.checks import InvjaxError
+  from invjax._src.checks import InvjaxError
   from invjax.nets import cnn
   assert jax.device_count() == 3, jax.devices()
   try:

@@ -11,7 +11,7 @@ import pytest
 
 from invjax import data as data_lib
 from invjax import train
-from invjax.checks import ConvergenceError, InvjaxError
+from invjax._src.checks import ConvergenceError, InvjaxError
 
 
 class _TinyNet(nn.Module):

@@ -8,7 +8,7 @@ where `logits_fn(x) -> logits [batch, classes]` is any JAX function of a batch
 of float inputs in [0, 1] (NHWC images or `[batch, d]` vectors) and `y` holds int
 labels `[batch]` (the *targets* when `targeted=True`). The optimisation runs in
 one compiled program (no Python loop per step: a `lax.while_loop` on accelerators,
-straight-line steps on CPU, see `invjax.loops`); the whole attack is
+straight-line steps on CPU, see `invjax._src.loops`); the whole attack is
 jit-able: wrap it in `jax.jit` with `logits_fn` closed over and the
 structural budget (`num_steps`, `norm`, `targeted`, ...) static. `epsilon` and
 `step_size` may be traced and may be given per example (`[batch]`).
@@ -21,7 +21,7 @@ failure, never silently returned as a success.
 Validation happens eagerly, before the loop: negative/NaN epsilon, labels of the
 wrong shape or dtype, non-float or NaN or out-of-range inputs, and a
 `logits_fn` that returns NaN (or the wrong shape) on the clean input all raise
-`invjax.checks.InvjaxError` with a message that names the problem. Inside
+`invjax._src.checks.InvjaxError` with a message that names the problem. Inside
 `jax.jit` only the static (shape/dtype) checks apply.
 """
 from __future__ import annotations
@@ -36,16 +36,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from invjax import checks
-from invjax import compilation
-from invjax import loops
+from invjax._src import checks
+from invjax._src import compilation
+from invjax._src import geometry
+from invjax._src.geometry import NORMS, per_example as _per_example, project
+from invjax._src import loops
 from invjax.attacks.result import AttackResult, from_adversarial, is_adversarial
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
-NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
-_TINY = 1e-12
 
 
 # ----------------------------------------------------------------------------- validation
@@ -107,27 +107,12 @@ def _check_model(logits_fn: LogitsFn, x, y) -> None:
 # ----------------------------------------------------------------------------- losses & geometry
 
 
-def _per_example(v: jax.Array, batch_ndim: int) -> jax.Array:
-  """Broadcasts a scalar or [batch] budget to [batch, 1, ..., 1] (rank `batch_ndim`)."""
-  v = jnp.asarray(v, jnp.float32)
-  return v.reshape(v.shape + (1,) * (batch_ndim - v.ndim))
-
-
-def margin(logits: jax.Array, y: jax.Array) -> jax.Array:
-  """`logits[y] - max_{j != y} logits[j]` per example, float [batch]."""
-  num_classes = logits.shape[-1]
-  onehot = jax.nn.one_hot(y, num_classes, dtype=bool)
-  true = jnp.sum(jnp.where(onehot, logits, 0.0), axis=-1)
-  other = jnp.max(jnp.where(onehot, -jnp.inf, logits), axis=-1)
-  return true - other
-
-
 def _attack_loss(logits: jax.Array, y: jax.Array, loss: str, targeted: bool) -> jax.Array:
   """Per-example loss the attacker *maximises*, float [batch]."""
   if loss == "ce":
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     return -ce if targeted else ce
-  m = margin(logits, y)
+  m = geometry.logit_margin(logits, y)
   return m if targeted else -m
 
 
@@ -141,43 +126,11 @@ def _loss_and_grad(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, loss: str, t
   return per_ex, logits, grad
 
 
-def _l2_norm(v: jax.Array) -> jax.Array:
-  """Per-example L2 norm, shape [batch, 1, ..., 1] (broadcastable against v)."""
-  axes = tuple(range(1, v.ndim))
-  return jnp.sqrt(jnp.sum(jnp.square(v), axis=axes, keepdims=True))
-
-
 def _ascent_direction(grad: jax.Array, norm: str) -> jax.Array:
   """Steepest-ascent unit direction for the norm: sign(g) (L_inf) or g / ||g||_2 (L2)."""
   if norm == "linf":
     return jnp.sign(grad)
-  return grad / jnp.maximum(_l2_norm(grad), _TINY)
-
-
-def project(x_adv: jax.Array, x: jax.Array, epsilon, norm: str) -> jax.Array:
-  """Projects `x_adv` onto {x' in [0,1]: ||x' - x|| <= epsilon}.
-
-  For L_inf this is the exact Euclidean projection (a box intersected with a
-  box). For L2 the ball projection is followed by clipping to [0, 1]; since `x`
-  lies in [0, 1], clipping only shrinks |x' - x| coordinate-wise, so the result
-  stays inside the ball.
-
-  Args:
-    x_adv: [batch, ...] candidates.
-    x: [batch, ...] clean inputs, in [0, 1].
-    epsilon: scalar or [batch] radius.
-    norm: "linf" or "l2".
-
-  Returns:
-    [batch, ...] projected inputs.
-  """
-  eps = _per_example(epsilon, x.ndim)
-  delta = x_adv - x
-  if norm == "linf":
-    delta = jnp.clip(delta, -eps, eps)
-  else:
-    delta = delta * jnp.minimum(1.0, eps / jnp.maximum(_l2_norm(delta), _TINY))
-  return jnp.clip(x + delta, 0.0, 1.0)
+  return geometry.unit_l2(grad)
 
 
 def _random_start(key: jax.Array, x: jax.Array, epsilon, norm: str) -> jax.Array:
@@ -188,7 +141,7 @@ def _random_start(key: jax.Array, x: jax.Array, epsilon, norm: str) -> jax.Array
   else:
     k_dir, k_rad = jax.random.split(key)
     direction = jax.random.normal(k_dir, x.shape, x.dtype)
-    direction = direction / jnp.maximum(_l2_norm(direction), _TINY)
+    direction = geometry.unit_l2(direction)
     dim = math.prod(x.shape[1:])
     radius = jax.random.uniform(k_rad, (x.shape[0],) + (1,) * (x.ndim - 1), x.dtype) ** (1.0 / dim)
     delta = direction * radius * eps
@@ -267,8 +220,8 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Ar
     unroll: trace the `num_steps * num_restarts` steps as straight-line code instead of a
       `lax.while_loop` (same result; no early exit of the whole batch). None: unroll on
       CPU up to 100 steps in all when `logits_fn` uses lax's convolution, whose input
-      gradient XLA:CPU runs ~5x slower inside loops (`invjax.loops`; invjax networks use
-      `invjax.conv` and keep the loop).
+      gradient XLA:CPU runs ~5x slower inside loops (`invjax._src.loops`; invjax networks use
+      `invjax._src.conv` and keep the loop).
 
   Returns:
     AttackResult; `num_grad_evals` is int32 [batch]: the gradient evaluations
@@ -418,14 +371,14 @@ def _cw(logits_fn, x, y, confidence, initial_const, learning_rate, *, binary_sea
 
   def met(logits):
     """The kappa-margin criterion, bool [batch]."""
-    m = margin(logits, y)
+    m = geometry.logit_margin(logits, y)
     return (m >= kappa) if targeted else (m <= -kappa)
 
   def objective(w, c):
     x_new = _from_tanh_space(w)
     dist = jnp.sum(jnp.square(x_new - x), axis=axes)
     logits = logits_fn(x_new)
-    m = margin(logits, y)
+    m = geometry.logit_margin(logits, y)
     f = jnp.maximum(kappa - m, 0.0) if targeted else jnp.maximum(m + kappa, 0.0)
     per_ex = dist + c * f
     return jnp.sum(per_ex), (x_new, dist, logits)

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invjax import checks
-from invjax import compilation
+from invjax._src import checks
+from invjax._src import compilation
 from invjax.attacks import result as result_lib
 
 Array = jax.Array

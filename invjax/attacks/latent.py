@@ -60,9 +60,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from invjax import checks
-from invjax import compilation
-from invjax import loops
+from invjax._src import checks
+from invjax._src import compilation
+from invjax._src.geometry import NORMS, TINY as _TINY, flat_norm as _flat_norm, project
+from invjax._src import loops
 from invjax.attacks import result as result_lib
 
 Array = jax.Array
@@ -71,8 +72,6 @@ Head = Union[LinearHead, Callable[[Array], Array]]
 
 METHODS = ("closed_form", "jacobian", "optimize")
 DECODE_STEPS = ("exact", "linear")
-NORMS = ("l2", "linf")
-_TINY = 1e-12
 # Line search of the closed form (multiples of the minimal latent step).
 DEFAULT_STEP_SCALES = (1.1, 1.25, 1.5, 2.0)
 
@@ -177,39 +176,6 @@ def _min_norm_step(rows: Array, c: Array, active: Array, *, combine: str, norm: 
   return _single_row_step(row, cj, norm)
 
 
-def _flat_norm(d: Array, norm: str) -> Array:
-  d = d.reshape(d.shape[0], -1)
-  if norm == "l2":
-    return jnp.sqrt(jnp.sum(jnp.square(d), axis=1))
-  return jnp.max(jnp.abs(d), axis=1)
-
-
-def project(x_adv: Array, x: Array, epsilon: Optional[Array], norm: str, clip: bool) -> Array:
-  """Projects `x_adv` onto the `norm` ball of radius `epsilon` around `x`, then onto [0, 1].
-
-  Args:
-    x_adv, x: [batch, ...] images (x inside [0, 1]).
-    epsilon: radius, or None for no ball.
-    norm: "l2" or "linf".
-    clip: clip to [0, 1] (never leaves the ball, as x lies in the box).
-
-  Returns:
-    [batch, ...] projected images.
-  """
-  if epsilon is not None:
-    d = x_adv - x
-    if norm == "linf":
-      d = jnp.clip(d, -epsilon, epsilon)
-    else:
-      n = _flat_norm(d, "l2")
-      scale = jnp.minimum(1.0, epsilon / jnp.maximum(n, _TINY))
-      d = d * scale.reshape((-1,) + (1,) * (d.ndim - 1))
-    x_adv = x + d
-  if clip:
-    x_adv = jnp.clip(x_adv, 0.0, 1.0)
-  return x_adv
-
-
 # ----------------------------------------------------------------------------
 # Head linearisation and the adversarial constraints.
 # ----------------------------------------------------------------------------
@@ -284,7 +250,7 @@ def _attack_core(params, head_params, x, y, target, kappa, epsilon, overshoot, l
   combine = "any" if target is None else "all"
   enc = lambda xx: encode(params, xx)
   dec = lambda zz: decode(params, zz)
-  proj = lambda xx: project(xx, x, epsilon, norm, clip)
+  proj = lambda xx: project(xx, x, epsilon, norm, clip=clip)
 
   def dist(xx):
     return _flat_norm(xx - x, norm)
@@ -577,7 +543,7 @@ def latent_attack(encode_fn: Callable[[Array], Array], decode_fn: Callable[[Arra
       projection is kept. None or () turns the line search off.
     unroll: trace the iterations as straight-line code instead of `lax` loops (same
       result). None: on CPU, where XLA runs convolutions inside loops ~3x slower
-      (`invjax.loops`).
+      (`invjax._src.loops`).
     return_info: also return a `LatentInfo`.
     decode_step: "exact" decodes each latent target `z + J dx` with `decode`; "linear"
       (methods "jacobian" / "optimize") takes its first-order image `x + dx` instead

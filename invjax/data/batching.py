@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.data.dataset import Dataset
 
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 
 
 @dataclasses.dataclass(frozen=True)

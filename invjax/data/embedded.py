@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.data.dataset import Dataset, validate
 
 EMBEDDED_PATH = os.path.join(os.path.dirname(__file__), "cifar10_mini.npz")

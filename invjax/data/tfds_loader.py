@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.data.dataset import Dataset, validate
 
 TFDS_NAMES = {"cifar10": 10, "mnist": 10}

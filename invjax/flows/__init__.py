@@ -19,6 +19,7 @@ from invjax.flows.glow import Glow, RealNVP
 from invjax.flows.iresnet import IResNet, IResNetBlock
 from invjax.flows.irevnet import IRevNet, IRevNetBlock
 from invjax.flows.logdet import exact_logdet, power_series_logdet, russian_roulette_logdet
+from invjax.flows.registry import FLOWS, build, from_config
 from invjax.flows.multiscale import (MultiScale, bits_per_dim, standard_normal_logpdf,
                                      uniform_dequantize)
 from invjax.flows.spectral_norm import SpectralConv, SpectralDense

@@ -13,7 +13,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 
-from invjax import checks
+from invjax._src import checks
 
 Array = jax.Array
 

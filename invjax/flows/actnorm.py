@@ -15,7 +15,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from invjax import checks
+from invjax._src import checks
 
 
 class ActNorm(nn.Module):

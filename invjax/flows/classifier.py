@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.flows.multiscale import bits_per_dim, standard_normal_logpdf
 
 HEADS = ("slice", "pooled", "identity_slice")

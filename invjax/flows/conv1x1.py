@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg
 
-from invjax import checks
+from invjax._src import checks
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 

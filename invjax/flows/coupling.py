@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invjax import checks
-from invjax import conv
+from invjax._src import checks
+from invjax._src import conv
 
 MASKS = ("checkerboard", "channel")
 

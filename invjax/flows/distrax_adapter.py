@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from invjax import checks
+from invjax._src import checks
 
 DIRECTIONS = ("generative", "normalizing")
 

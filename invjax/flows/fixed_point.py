@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from invjax import checks
+from invjax._src import checks
 
 Array = jax.Array
 
@@ -180,7 +180,7 @@ def fixed_point_implicit(f: Callable[[Any, Array], Array], params: Any, x0: Arra
 
 
 def check_converged(info: FixedPointInfo, tol: float = 1e-5) -> FixedPointInfo:
-  """Raises `invjax.checks.ConvergenceError` unless every residual is finite and `<= tol`.
+  """Raises `invjax._src.checks.ConvergenceError` unless every residual is finite and `<= tol`.
 
   Call it on concrete values (outside `jit`); returns `info` unchanged when converged.
   """

@@ -25,7 +25,7 @@ from typing import Tuple
 
 import flax.linen as nn
 
-from invjax import checks
+from invjax._src import checks
 from invjax.flows.actnorm import ActNorm
 from invjax.flows.chain import Chain
 from invjax.flows.conv1x1 import Conv1x1

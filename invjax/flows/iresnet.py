@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from invjax import checks
+from invjax._src import checks
 from invjax.flows import logdet as logdet_lib
 from invjax.flows.activations import get_activation
 from invjax.flows.fixed_point import FixedPointInfo, fixed_point_implicit

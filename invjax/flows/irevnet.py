@@ -26,8 +26,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from invjax import checks
-from invjax import conv
+from invjax._src import checks
+from invjax._src import conv
 from invjax.flows.squeeze import squeeze2d, unsqueeze2d
 
 

@@ -36,7 +36,7 @@ from jax import lax
 import jax.scipy.special as jsp
 import numpy as np
 
-from invjax import checks
+from invjax._src import checks
 
 Array = jax.Array
 GFn = Callable[[Any, Array], Array]

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invjax import checks
+from invjax._src import checks
 from invjax.flows.chain import Chain
 from invjax.flows.squeeze import Squeeze, squeezed_shape
 

@@ -8,7 +8,7 @@ linear map it applies is at most `coeff` (i-ResNet, Behrmann et al. 2019):
 For a dense layer the operator is the weight matrix. For a convolution it is the
 *convolution map itself* on inputs of the shape the layer was initialised with
 (padding and strides included), not the reshaped kernel matrix: the power
-iteration applies `invjax.conv.conv_general_dilated` (lax's convolution) and its exact transpose
+iteration applies `invjax._src.conv.conv_general_dilated` (lax's convolution) and its exact transpose
 (`jax.linear_transpose`).
 
 The power-iteration vector `v` (a unit vector in the layer's input space) lives in
@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from invjax import checks
-from invjax import compilation
-from invjax import conv
+from invjax._src import checks
+from invjax._src import compilation
+from invjax._src import conv
 
 Array = jax.Array
 

@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from invjax import checks
-from invjax import conv
+from invjax._src import checks
+from invjax._src import conv
 from invjax import data as data_lib
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)

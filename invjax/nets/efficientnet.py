@@ -35,9 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invjax import compilation
-from invjax import conv
-from invjax.checks import InvjaxError, check_images, check_rank
+from invjax._src import compilation
+from invjax._src import conv
+from invjax._src.checks import InvjaxError, check_images, check_rank
 
 FEATURE_DIM = 1280
 NUM_CLASSES = 1000

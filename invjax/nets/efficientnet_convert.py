@@ -22,7 +22,7 @@ from typing import Any, Dict, Mapping, Optional
 import jax
 import numpy as np
 
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.nets import efficientnet
 
 WEIGHTS_NAME = "efficientnet-lite0-57934424"

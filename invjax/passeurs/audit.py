@@ -39,7 +39,7 @@ import jax
 import numpy as np
 from scipy import stats
 
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.passeurs import poison
 
 

@@ -31,11 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invjax import compilation
-from invjax import conv
+from invjax._src import compilation
+from invjax._src import conv
 from invjax import data as data_lib
-from invjax import io
-from invjax.checks import InvjaxError
+from invjax._src import io
+from invjax._src.checks import InvjaxError
 from invjax.data.dataset import Dataset
 from invjax.passeurs import poison
 

@@ -44,8 +44,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invjax import compilation
-from invjax.checks import InvjaxError, check_finite, check_positive
+from invjax._src import compilation
+from invjax._src import geometry
+from invjax._src.checks import InvjaxError, check_finite, check_positive
 
 FeatureFn = Callable[[Any, jax.Array], jax.Array]
 """`feature_fn(params, x01) -> [B, d]`: differentiable features of float images in [0, 1]."""
@@ -104,18 +105,10 @@ def ovr_hinge_loss(scores: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.sum(jnp.square(jnp.maximum(0.0, 1.0 - t * scores)), axis=-1)
 
 
-def multiclass_margin(scores: jax.Array, y: jax.Array) -> jax.Array:
-  """s_y - max_{j != y} s_j per example (positive: correctly classified). [B, K] -> [B]."""
-  k = scores.shape[-1]
-  true = jnp.take_along_axis(scores, y[:, None], axis=-1)[:, 0]
-  other = jnp.max(jnp.where(jax.nn.one_hot(y, k, dtype=bool), -jnp.inf, scores), axis=-1)
-  return true - other
-
-
 def _loss(margin: str, scores, y):
   if margin == "ovr_hinge":
     return ovr_hinge_loss(scores, y)
-  return -multiclass_margin(scores, y)
+  return -geometry.logit_margin(scores, y)
 
 
 def _sign_update(x_uint8, grad):

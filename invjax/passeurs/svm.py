@@ -53,8 +53,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invjax import compilation
-from invjax.checks import InvjaxError, check_finite, check_positive, check_rank, is_concrete
+from invjax._src import compilation
+from invjax._src.checks import InvjaxError, check_finite, check_positive, check_rank, is_concrete
 from invjax.passeurs import svm_solvers
 
 LOSSES = ("squared_hinge", "hinge")

@@ -25,11 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invjax import checks
-from invjax import compilation
+from invjax._src import checks
+from invjax._src import compilation
+from invjax._src import geometry
+from invjax._src.geometry import TINY as _TINY
 
 Array = jax.Array
-_TINY = 1e-12
 
 
 def _per_example_norm(v: Array) -> Array:
@@ -169,11 +170,7 @@ def logit_margin(logits: Array, y: Array) -> Array:
   """`logit_y - max_{j != y} logit_j` per example (negative when misclassified). [B, K] -> [B]."""
   checks.check_rank(logits, 2, "logits")
   checks.check_labels(y, np.shape(logits)[0], "y", np.shape(logits)[1])
-  logits = jnp.asarray(logits)
-  num_classes = logits.shape[1]
-  l_y = jnp.take_along_axis(logits, jnp.asarray(y)[:, None], axis=1)[:, 0]
-  others = jnp.where(jax.nn.one_hot(y, num_classes, dtype=bool), -jnp.inf, logits)
-  return l_y - jnp.max(others, axis=1)
+  return geometry.logit_margin(jnp.asarray(logits), jnp.asarray(y))
 
 
 def certified_radius(margin: Array, lipschitz_of_logits) -> Array:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from invjax.attacks import gradient
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.nets.cnn import SmallCNN
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from invjax.attacks import invariance
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 
 D, K, B = 10, 3, 5
 

@@ -7,7 +7,7 @@ import pytest
 from scipy import optimize
 
 from invjax.attacks import latent
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 
 D, K, B = 8, 4, 6
 KAPPA = 0.1

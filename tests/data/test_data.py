@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from invjax import data
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "cifar10")
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.flows.chain import Chain
 from invjax.flows.classifier import (InvertibleClassifier, cross_entropy, hybrid_loss,
                                      latent_shape_of, make_classifier, nll_bits_per_dim)

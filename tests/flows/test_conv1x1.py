@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.flows.conv1x1 import Conv1x1
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.flows.coupling import AdditiveCoupling, AffineCoupling, make_mask
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.flows.distrax_adapter import to_distrax
 from invjax.flows.glow import Glow
 from invjax.flows.irevnet import IRevNet

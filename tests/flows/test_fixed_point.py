@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from invjax import checks
+from invjax._src import checks
 from invjax.flows.fixed_point import FixedPointInfo, check_converged, fixed_point
 
 RNG = np.random.default_rng(0)

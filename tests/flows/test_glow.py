@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.flows.glow import Glow, RealNVP
 from invjax.flows.multiscale import bits_per_dim, standard_normal_logpdf, uniform_dequantize
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from invjax import checks
+from invjax._src import checks
 from invjax.flows import iresnet
 from invjax.flows.fixed_point import check_converged
 from invjax.flows.spectral_norm import converge_spectral_norms

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from invjax import checks
+from invjax._src import checks
 from invjax.flows import logdet
 
 D, H, BATCH = 4, 6, 3

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from invjax import checks
+from invjax._src import checks
 from invjax.flows.spectral_norm import (SpectralConv, SpectralDense, check_coeff,
                                         converge_spectral_norms)
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from launch import attack
 from launch.configs import attack_smoke
 

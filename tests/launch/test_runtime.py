@@ -9,7 +9,7 @@ import os
 from absl import logging
 import pytest
 
-from invjax import train
+from invjax._src import logs
 
 
 def _record(level, pathname):
@@ -29,7 +29,7 @@ def verbosity():
 
 def test_orbax_info_is_dropped_and_everything_else_kept(verbosity):
   verbosity(logging.INFO)
-  f = train.library_log_filter()
+  f = logs.library_log_filter()
   assert not f.filter(_record(std_logging.INFO, ORBAX_FILE))
   assert not f.filter(_record(std_logging.DEBUG, ORBAX_FILE))
   assert f.filter(_record(std_logging.WARNING, ORBAX_FILE))
@@ -39,5 +39,5 @@ def test_orbax_info_is_dropped_and_everything_else_kept(verbosity):
 
 def test_verbose_runs_keep_orbax_info(verbosity):
   verbosity(1)  # -v 1
-  assert train.library_log_filter().filter(_record(std_logging.INFO, ORBAX_FILE))
+  assert logs.library_log_filter().filter(_record(std_logging.INFO, ORBAX_FILE))
 

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from invjax import train
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.nets import cnn
 
 

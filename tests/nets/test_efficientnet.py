@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.nets import efficientnet as E
 from invjax.nets import efficientnet_convert as C
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from invjax import data
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.data.dataset import Dataset
 from invjax.passeurs import audit
 from invjax.passeurs import pipeline

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from invjax import data
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.passeurs import pipeline
 from invjax.passeurs import poison
 

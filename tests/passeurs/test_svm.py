@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from liblinear import liblinearutil
 
-from invjax.checks import InvjaxError
+from invjax._src.checks import InvjaxError
 from invjax.passeurs import svm
 from invjax.passeurs import svm_solvers
 

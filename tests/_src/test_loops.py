@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from invjax import conv
-from invjax import loops
+from invjax._src import conv
+from invjax._src import loops
 from invjax.attacks import gradient
 from invjax.nets import cnn
 

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from invjax import compilation
-from invjax import conv
+from invjax._src import compilation
+from invjax._src import conv
 
 ON_CPU = jax.default_backend() == "cpu"
 

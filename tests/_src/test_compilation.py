@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from invjax import compilation
+from invjax._src import compilation
 from invjax import parallel
 from invjax.nets import cnn
 

@@ -6,9 +6,9 @@ development machine (jax 0.10.2): one input-gradient step of `invjax.nets.cnn.Sm
 at batch 32 takes 105-117 ms unrolled, 330-365 ms inside `lax.fori_loop` / `while_loop`
 (any unroll factor) and 336 ms inside `lax.cond`; XLA flags do not change it.
 
-The cause (found later, see `invjax.conv`): the input gradient of a convolution is a
+The cause (found later, see `invjax._src.conv`): the input gradient of a convolution is a
 convolution whose kernel dimension numbers XLA:CPU leaves non-canonical inside loop
-bodies, which sends it to a naive loop nest. Models built on `invjax.conv` (every invjax
+bodies, which sends it to a naive loop nest. Models built on `invjax._src.conv` (every invjax
 network) do not have the problem: with them a `while_loop` PGD step costs the same as an
 unrolled one. A user's model built on plain `flax.linen.Conv` / `lax.conv` still does.
 The attacks therefore trace their step loops as straight-line code on CPU when the model
@@ -49,7 +49,7 @@ def _primitives(jaxpr) -> set:
 
 
 def has_lax_convolution(fn: Callable, *args) -> bool:
-  """Whether `fn(*args)` traces to a `lax.conv_general_dilated` (not `invjax.conv`'s).
+  """Whether `fn(*args)` traces to a `lax.conv_general_dilated` (not `invjax._src.conv`'s).
 
   Traced abstractly (shapes only, nothing runs); `args` may be arrays, tracers or
   `jax.ShapeDtypeStruct`s.
@@ -62,7 +62,7 @@ def resolve_unroll(unroll: Optional[bool], num_steps: int,
                    model: Optional[Callable] = None, *model_args) -> bool:
   """`unroll` if given. None: True on the CPU backend for at most `MAX_AUTO_UNROLL` steps,
   and, when `model` (with example `model_args`) is given, only if it uses lax's convolution:
-  a model without one (dense layers, or every invjax network, built on `invjax.conv`) runs
+  a model without one (dense layers, or every invjax network, built on `invjax._src.conv`) runs
   as fast in a `while_loop`, which also exits once every example is done and compiles once.
   """
   if unroll is not None:

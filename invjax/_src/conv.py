@@ -179,5 +179,5 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int],
 
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
-Conv.__doc__ = ("`flax.linen.Conv` computing with `invjax.conv.conv_general_dilated` "
+Conv.__doc__ = ("`flax.linen.Conv` computing with `invjax._src.conv.conv_general_dilated` "
                 "(same parameters and names).")

@@ -31,7 +31,7 @@ does not know the option is detected once (by compiling a tiny function) and get
 importing invjax initialises no backend). JAX accepts compiler options only on a top-level
 jit; called from inside another trace (your own `jax.jit`, `grad`, `vmap`) an invjax
 function runs as a plain nested `jax.jit` and your compilation decides: wrap your own
-top-level function in `invjax.compilation.jit` to get the options.
+top-level function in `invjax._src.compilation.jit` to get the options.
 """
 from __future__ import annotations
 
