@@ -1,19 +1,25 @@
-"""Data: embedded mini CIFAR-10, local .npz directories, tensorflow-datasets; batching.
+"""Data: embedded mini CIFAR-10, local .npz directories, tensorflow-datasets; batching, augmentation.
 
 `load(name, split, data_dir=None)` picks the source:
   * `data_dir` given: local `.npz` files (`<split>.npz` or `<split>_part*.npz`);
   * `name == "cifar10_mini"`: the embedded subset shipped in the package;
   * otherwise tensorflow-datasets (`cifar10`, `mnist`).
 """
+from invjax.data.augment import flip_and_crop
 from invjax.data.batching import batches, num_batches, permutation, to_float, to_uint8
 from invjax.data.dataset import Dataset, validate
 from invjax.data.embedded import CIFAR10_CLASSES, load_embedded
 from invjax.data.local import load_dir, load_npz, save_npz
 from invjax.data.tfds_loader import load_tfds
 
+__all__ = ["CIFAR10_CLASSES", "Dataset", "batches", "flip_and_crop", "load", "load_dir",
+           "load_embedded", "load_npz", "load_tfds", "num_batches", "permutation", "save_npz",
+           "take_prefix", "to_float", "to_uint8", "validate"]
+
 
 def load(name: str = "cifar10_mini", split: str = "train", data_dir: str | None = None,
          *, num_classes: int | None = 10) -> Dataset:
+  """The `split` of dataset `name`, or of the local `.npz` files in `data_dir` (module doc)."""
   if data_dir:
     return load_dir(data_dir, split, num_classes=num_classes)
   if name == "cifar10_mini":
@@ -21,10 +27,9 @@ def load(name: str = "cifar10_mini", split: str = "train", data_dir: str | None 
   return load_tfds(name, split)
 
 
-def public_private_split(test: Dataset, boundary: int = 5000):
-  """The documented passeurs split of the CIFAR-10 test set, by official index:
-  public = official test indices < `boundary` (0-4999), private = the rest (5000-9999)."""
+def take_prefix(dataset: Dataset, limit: int) -> Dataset:
+  """The first `limit` examples of `dataset` (0 or more than its size: all of it)."""
+  if not limit or limit >= len(dataset):
+    return dataset
   import numpy as np  # pylint: disable=g-import-not-at-top
-  pub = np.where(test.index < boundary)[0]
-  priv = np.where(test.index >= boundary)[0]
-  return test.take(pub), test.take(priv)
+  return dataset.take(np.arange(int(limit)))

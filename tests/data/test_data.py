@@ -1,4 +1,5 @@
 """Data loaders: embedded set, local npz directories, batching, and the errors they raise."""
+import io as io_lib
 import os
 
 import jax
@@ -20,12 +21,6 @@ def test_embedded_is_balanced_real_cifar():
   # First official CIFAR-10 train labels: frog, truck, truck, deer, automobile, automobile, bird, ...
   np.testing.assert_array_equal(tr.y[:7], [6, 9, 9, 4, 1, 1, 2])
   assert 100 < tr.x.mean() < 140  # real photos, not noise or zeros
-
-
-def test_public_private_split_by_official_index():
-  pub, priv = data.public_private_split(data.load("cifar10_mini", "test"))
-  assert len(pub) == len(priv) == 250
-  assert pub.index.max() < 5000 <= priv.index.min()
 
 
 @pytest.mark.skipif(not os.path.isdir(SHARED), reason="shared CIFAR-10 not present")
@@ -96,3 +91,42 @@ def test_bad_files_name_file_and_problem(tmp_path, arrays, match):
   with pytest.raises(InvjaxError, match=match) as e:
     data.load("cifar10", "test", data_dir=str(tmp_path))
   assert "test.npz" in str(e.value)
+
+
+def _write_corrupt(kind, path):
+  good = io_lib.BytesIO()
+  np.savez(good, x=np.zeros((4, 8, 8, 3), np.uint8), y=np.zeros(4, int))
+  if kind == "empty":
+    open(path, "wb").close()
+  elif kind == "truncated":
+    with open(path, "wb") as f:
+      f.write(good.getvalue()[:len(good.getvalue()) // 2])
+  elif kind == "not_an_archive":
+    with open(path, "wb") as f:
+      f.write(b"these are not the arrays you are looking for" * 10)
+  elif kind == "object_array":
+    np.savez(path, x=np.array([np.zeros(3), "a"], dtype=object), y=np.zeros(2, int))
+  elif kind == "single_array":
+    with open(path, "wb") as f:
+      np.save(f, np.zeros((4, 8, 8, 3), np.uint8))
+
+
+@pytest.mark.parametrize("kind,match", [
+    ("empty", "empty"), ("truncated", "corrupt or truncated"),
+    ("not_an_archive", "pickled|not a readable"), ("object_array", "object"),
+    ("single_array", "single array"),
+])
+def test_unreadable_files_name_file_and_problem(tmp_path, kind, match):
+  path = str(tmp_path / "test.npz")
+  _write_corrupt(kind, path)
+  with pytest.raises(InvjaxError, match=match) as e:
+    data.load("cifar10", "test", data_dir=str(tmp_path))
+  assert "test.npz" in str(e.value)
+  assert "allow_pickle" not in str(e.value)  # not numpy's misleading advice
+
+
+def test_save_npz_leaves_no_temporary_file(tmp_path):
+  ds = data.load("cifar10_mini", "test").take(np.arange(10))
+  data.save_npz(str(tmp_path / "test.npz"), ds)
+  assert sorted(os.listdir(tmp_path)) == ["test.npz"]
+  np.testing.assert_array_equal(data.load("x", "test", data_dir=str(tmp_path)).x, ds.x)
