@@ -14,7 +14,7 @@ r"""Attack benchmark (CPU by default), in one run:
     Foolbox's `loss.backward()` otherwise also computes every weight gradient, work invjax
     does not do; that default-usage row is reported too.
 (b) Latent inversion vs PGD-50 (L_inf, 8/255) on the same invertible classifier (the
-    smoke Glow classifier of `launch/configs/attack_smoke.py`, trained if missing):
+    smoke Glow classifier of `launch/configs/attack.py:smoke`, trained if missing):
     success rate, median L2 / L_inf distance of the successes and time per example.
     Target: the same success at a tenth of PGD's time or less.
 
@@ -51,7 +51,8 @@ from invjax.attacks import latent
 from invjax.nets import cnn
 
 flags.DEFINE_integer("batch", 128, "Images per attack call.")
-flags.DEFINE_integer("repeats", 3, "Timed repetitions (best is reported).")
+flags.DEFINE_integer("repeats", 3, "Timed rounds: (a) interleaved, medians reported; (b) the "
+                     "best of them.")
 flags.DEFINE_integer("cnn_steps", 300, "Training steps of the CNN (part a).")
 flags.DEFINE_string("clf_dir", "/tmp/invjax_bench_classifier",
                     "Workdir of the invertible classifier (trained there if missing).")
@@ -204,17 +205,13 @@ def bench_throughput(batch, repeats, cnn_steps):
 
 
 def bench_latent(batch, repeats, clf_dir):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from launch import attack as attack_launch  # pylint: disable=g-import-not-at-top
-  from launch.configs import attack_smoke  # pylint: disable=g-import-not-at-top
+  from launch.configs import attack as attack_configs  # pylint: disable=g-import-not-at-top
 
-  config = attack_smoke.get_config()
+  config = attack_configs.get_config("smoke")
   train_ds = data_lib.load("cifar10_mini", "train")
   test = data_lib.load("cifar10_mini", "test")
-  model = attack_launch.build_classifier(config, train_ds.x.shape[1:])
-  if not os.path.isdir(os.path.join(clf_dir, train.CHECKPOINT_DIR)):
-    attack_launch._train_smoke(config, model, train_ds, clf_dir)  # pylint: disable=protected-access
-  variables, step = attack_launch.load_classifier(config, model, clf_dir)
+  model, variables, _, step = attack_launch.load_or_train(config, clf_dir, train_ds, test)
   if jax.local_device_count() > 1:  # on every device, next to the split batch
     variables = parallel.replicate(variables, parallel.data_mesh())
   logits_fn = jax.jit(lambda v: model.apply(

@@ -15,10 +15,9 @@ per-example computations of attacks: XLA:CPU's default convolution library (YNNP
 each convolution on one thread. `cpu_cores_as_devices()` (called right after
 `import jax`) gives the CPU backend one device per core, and `call_sharded(fn, x, y)`
 splits a batch over them (padding it to a multiple of the device count and cutting the
-outputs back). On the 2-core development machine, PGD-20 on `SmallCNN` (batch 128) runs at
-~56 images/s split over 2 devices, against ~47 on one device with XLA's multi-threaded
-(Eigen) convolutions that `invjax._src.compilation.jit` selects there, and ~33 on one device
-with JAX's defaults (`bench/attacks.py`). `invjax._src.compilation.jit` picks the convolution
+outputs back). Splitting a batch of per-example work over one device per core beats one
+device with multi-threaded convolutions on a CPU (the figures are in docs/results/attacks.md,
+measured by `bench/attacks.py`). `invjax._src.compilation.jit` picks the convolution
 library from the number of devices a call's arguments span.
 """
 from __future__ import annotations
@@ -118,6 +117,14 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
   return jax.tree.map(put, batch)
 
 
+def maybe_data_mesh(data_parallel: bool | str = "auto") -> Optional[Mesh]:
+  """A data-parallel mesh over the local devices: always (True), never (False), or "auto"
+  (when there are several)."""
+  if data_parallel is True or (data_parallel == "auto" and jax.local_device_count() > 1):
+    return data_mesh()
+  return None
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """A copy of `tree` (e.g. a `TrainState`) with every array on all mesh devices."""
   return jax.device_put(tree, replicated_sharding(mesh))
@@ -163,6 +170,13 @@ def call_sharded(fn: Callable[..., Any], *batch: Any, mesh: Optional[Mesh] = Non
 
   try:
     out = fn(*shard_batch(jax.tree.map(pad, batch), mesh), **kwargs)
+  except InvjaxError as e:
+    if padded == n or str(padded) not in str(e):
+      raise
+    raise InvjaxError(
+        f"{e}\n(call_sharded padded the batch of {n} examples to {padded} for {devices} "
+        f"devices: a per-example argument of shape [{n}] must be passed as a batch argument, "
+        f"`call_sharded(fn, x, y, epsilon)`, not closed over by fn)") from e
   except ValueError as e:
     if "incompatible devices" not in str(e):
       raise

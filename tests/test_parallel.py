@@ -133,6 +133,17 @@ _CORES_SCRIPT = textwrap.dedent("""
   w3 = parallel.replicate(w, parallel.data_mesh())
   np.testing.assert_allclose(parallel.call_sharded(lambda a: matmul(a, w3), jnp.ones((5, 3))),
                              3 * np.ones((5, 2)))
+  eps7 = jnp.full((7,), 0.5)
+  def attack_eps(xb, yb, eb):
+    return gradient.pgd(logits_fn, xb, yb, key=jax.random.PRNGKey(2), epsilon=eb, norm="l2",
+                        num_steps=3, random_start=False, early_stop=False)
+  try:  # a per-example epsilon closed over: the error names the user's batch size
+    parallel.call_sharded(lambda xb, yb: attack_eps(xb, yb, eps7), x, y)
+    raise SystemExit("no error for a closed-over per-example epsilon")
+  except InvjaxError as e:
+    assert "batch of 7 examples" in str(e) and "batch argument" in str(e), e
+  split_eps = parallel.call_sharded(attack_eps, x, y, eps7)  # passed with the batch: fine
+  np.testing.assert_allclose(np.asarray(split_eps.x_adv), np.asarray(whole.x_adv), atol=1e-4)
   try:
     parallel.call_sharded(attack, x, y[:5])
     raise SystemExit("no error for mismatched batch sizes")

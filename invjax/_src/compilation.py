@@ -1,6 +1,6 @@
 """`jit`: `jax.jit` with the XLA:CPU convolution library chosen from the cores per device.
 
-The XLA:CPU of jaxlib 0.10 hands every convolution to the YNNPACK library by default
+The XLA:CPU of recent jaxlibs hands every convolution to the YNNPACK library by default
 (the library-fusion list `xla_cpu_experimental_ynn_fusion_type` defaults to individual
 convolutions). YNNPACK runs each convolution on one thread; XLA's own (Eigen) convolution
 kernels use all the threads of the device. When a computation's device has several cores
@@ -8,19 +8,9 @@ to itself (JAX's default on a CPU: one device for the whole machine), `jit` comp
 that list set to individual dots only, so convolutions go back to XLA's kernels (dense
 layers stay on YNNPACK). When its arguments are split over several CPU devices, e.g. one
 per core (`invjax.parallel.cpu_cores_as_devices` + `call_sharded`), each device has one
-core and YNNPACK, faster per core, is kept. Measured on the 2-core development machine
-(jax 0.10.2, `SmallCNN`):
-
-  |                                   | default | `jit` |
-  |---|---|---|
-  | one 32x32x32 -> 32 3x3 convolution, forward / input gradient | 20 / 21 | 10 / 10 |
-  | forward of `SmallCNN` (weights as arguments), batch 32, ms   | 67 | 45 |
-  | input gradient of `SmallCNN` (one attack step), batch 32, ms | 154 | 88-95 |
-  | PGD-20 batch 128, images/s, one device                      | 32.8 | 47.8 |
-  | the same pinned to one core (`taskset -c 0`)                 | 28.5 | 25.4 (Eigen) |
-  | the same, batch split over 2 devices (one per core)         | 56.0 | 56.0 (YNNPACK kept) |
-
-Results agree with the default compilation to float rounding (~1e-6 relative).
+core and YNNPACK, faster per core, is kept. Results agree with the default compilation to
+float rounding (~1e-6 relative); the speed-ups are in docs/results/attacks.md
+(`bench/attacks.py`, `bench/pgd_profile.py`).
 
 The option is passed per compilation (`jax.jit(..., compiler_options=...)`), never through
 the process-wide `XLA_FLAGS`, and only when the default backend is the CPU. A jaxlib that

@@ -1,17 +1,16 @@
 """`conv_general_dilated`: `lax.conv_general_dilated` whose input gradient stays fast in loops.
 
-Why (XLA:CPU, measured with jax/jaxlib 0.10.2 on the 2-core development machine):
-JAX differentiates a convolution with respect to its input by emitting a second
-convolution on the reversed kernel with the kernel's input/output feature dimensions
-*swapped in the dimension numbers* (HWIO -> "01oi"). XLA:CPU runs a convolution on its
-fast Eigen kernels only when the kernel is laid out HWIO ("01io"); outside loops a
-canonicalisation pass inserts a transpose of the kernel and constant-folds it, but in the
-body of a `while` / `fori_loop` / `scan` the "01oi" convolution survives and falls back to
-a naive loop nest: a PGD step of `invjax.nets.cnn.SmallCNN` runs ~6x slower in a
-`lax.while_loop` than unrolled, a `grad` of three 32-channel 3x3 convolutions 15x slower
-(jax-ml/jax#12868 is this bug). Power iterations of spectral norms and Lipschitz
-constants, the implicit-gradient solve of fixed-point inverses, log-det series and
-Carlini-Wagner all differentiate convolutions inside loops.
+Why (XLA:CPU; the one place invjax explains it, jax-ml/jax#12868): JAX differentiates a
+convolution with respect to its input by emitting a second convolution on the reversed
+kernel with the kernel's input/output feature dimensions *swapped in the dimension numbers*
+(HWIO -> "01oi"). XLA:CPU runs a convolution on its fast kernels only when the kernel is
+laid out HWIO ("01io"); outside loops a canonicalisation pass inserts a transpose of the
+kernel and constant-folds it, but in the body of a `while` / `fori_loop` / `scan` / `cond`
+the "01oi" convolution survives and falls back to a naive loop nest, several times slower
+(`bench/conv_loops.py` measures it; docs/results/attacks.md has the figures). Attack steps,
+power iterations of spectral norms and Lipschitz constants, the implicit-gradient solve of
+fixed-point inverses, log-det series and Carlini-Wagner all differentiate convolutions
+inside loops.
 
 This module registers a primitive `invjax_conv` that computes exactly
 `lax.conv_general_dilated` and is bilinear in (input, kernel) like it, but whose transpose
@@ -24,7 +23,15 @@ mapped axis into the batch; any other batching falls back to `jax.vmap` of lax.
 
 `Conv` is `flax.linen.Conv` using it (same parameters, same names: checkpoints are
 interchangeable). Nothing changes on GPU/TPU except one primitive name in the jaxpr.
-`INVJAX_CONV_PRIMITIVE=0` makes `conv_general_dilated` plain `lax.conv_general_dilated`.
+Escape hatch: `INVJAX_CONV_PRIMITIVE=0` (read at each call) makes `conv_general_dilated`
+plain `lax.conv_general_dilated`, e.g. should a JAX release break the primitive.
+
+Compatibility: a primitive is built on `jax.extend.core.Primitive` and the
+`jax.interpreters.{ad, batching, mlir}` registries, which are outside JAX's compatibility
+promise. This module is the only place invjax touches them; `tests/_src/test_conv.py`
+checks values, gradients (both arguments), vmap and the in-loop dimension numbers against
+lax on every run, so a JAX upgrade that breaks the primitive fails those tests loudly
+instead of silently running slower.
 """
 from __future__ import annotations
 

@@ -1,16 +1,10 @@
 """Bounded loops that stay fast on XLA:CPU: a `lax` loop on accelerators, unrolled on CPU.
 
-XLA:CPU runs convolutions inside `while` / `cond` bodies about three times slower than
-the same convolutions in straight-line code (jax-ml/jax#12868). Measured on the 2-core
-development machine (jax 0.10.2): one input-gradient step of `invjax.nets.cnn.SmallCNN`
-at batch 32 takes 105-117 ms unrolled, 330-365 ms inside `lax.fori_loop` / `while_loop`
-(any unroll factor) and 336 ms inside `lax.cond`; XLA flags do not change it.
-
-The cause (found later, see `invjax._src.conv`): the input gradient of a convolution is a
-convolution whose kernel dimension numbers XLA:CPU leaves non-canonical inside loop
-bodies, which sends it to a naive loop nest. Models built on `invjax._src.conv` (every invjax
-network) do not have the problem: with them a `while_loop` PGD step costs the same as an
-unrolled one. A user's model built on plain `flax.linen.Conv` / `lax.conv` still does.
+XLA:CPU runs the input gradient of a `lax` convolution inside `while` / `cond` bodies
+several times slower than in straight-line code (why: `invjax._src.conv`, jax-ml/jax#12868).
+Models built on `invjax._src.conv` (every invjax network) do not have the problem: with them
+a `while_loop` attack step costs the same as an unrolled one. A user's model built on plain
+`flax.linen.Conv` / `lax.conv` still does.
 The attacks therefore trace their step loops as straight-line code on CPU when the model
 uses lax's convolution (`resolve_unroll` looks at the model's jaxpr): the step
 count is static and bounded, and every step masks the examples that are already done, so

@@ -2,3 +2,6 @@
 from invjax.robust.lipschitz import (certified_accuracy, certified_radius, compose_upper,
                                      global_lipschitz_lower, iresnet_upper_bounds, local_lipschitz,
                                      residual_block_bounds, spectral_norm)
+
+__all__ = ["certified_accuracy", "certified_radius", "compose_upper", "global_lipschitz_lower",
+           "iresnet_upper_bounds", "local_lipschitz", "residual_block_bounds", "spectral_norm"]

@@ -118,3 +118,21 @@ def test_input_gradient_in_loop_is_canonical(monkeypatch):
   monkeypatch.setenv(conv.ENV_SWITCH, "0")
   assert (_grad_in_loop_labels(conv.conv_general_dilated)
           == _grad_in_loop_labels(jax.lax.conv_general_dilated))
+
+
+def test_the_primitive_is_what_runs(monkeypatch):
+  """Fails loudly if a JAX upgrade makes the registration a no-op (the jaxpr would then hold
+  lax's convolution and everything would pass, only slower in loops)."""
+  x = jnp.ones((1, 8, 8, 3))
+  k = jnp.ones((3, 3, 3, 4))
+  # a new function object per trace: JAX caches traces by function
+  f = lambda: lambda a, b: conv.conv_general_dilated(
+      a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  names = lambda fn: {e.primitive.name for e in jax.make_jaxpr(fn)(x, k).jaxpr.eqns}
+  assert "invjax_conv" in names(f())
+  fwd = f()
+  grad_names = names(lambda a, b: jax.grad(lambda v: jnp.sum(fwd(v, b)))(a))
+  assert "conv_general_dilated" in grad_names  # the transposed (input-gradient) convolution
+  monkeypatch.setenv(conv.ENV_SWITCH, "0")
+  off = names(f())
+  assert "invjax_conv" not in off and "conv_general_dilated" in off

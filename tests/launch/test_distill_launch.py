@@ -3,11 +3,10 @@ import json
 import os
 
 import numpy as np
-import pytest
 
 from invjax import data
 from launch import distill
-from launch import train_flow
+from launch import runtime
 from launch.configs import distill_smoke
 
 
@@ -72,7 +71,7 @@ def test_distill_student_with_jacobian_matching(tmp_path):
   """config.student.jacobian_weight reaches the loss: its metrics are logged."""
   config = _tiny_config()
   config.student.jacobian_weight = 1.0
-  train_ds, test_ds = train_flow.load_data(config, None)
+  train_ds, test_ds = runtime.load_splits(config, None)
   w = np.random.RandomState(0).randn(32 * 32 * 3, 10).astype(np.float32) / 50
   teacher_fn = lambda x: (x.reshape(x.shape[0], -1) - 0.5) @ w
   _, _, student_fn = distill.distill_student(config, teacher_fn, train_ds, test_ds, str(tmp_path))
@@ -82,34 +81,3 @@ def test_distill_student_with_jacobian_matching(tmp_path):
   cos = [m["grad_cosine"] for m in logged if "grad_cosine" in m]
   jac = [m["jacobian"] for m in logged if "jacobian" in m]
   assert cos and jac and all(-1.0 <= c <= 1.0 for c in cos) and all(0 <= j <= 4 for j in jac)
-
-
-def _results(student_acc, cosine, rows):
-  return {"teacher_accuracy": 0.8, "student_accuracy": student_acc, "agreement": 0.9,
-          "input_gradient_cosine": {"median": cosine, "mean": cosine},
-          "transfer": [{"budget": b, "attack": a, "success_on_teacher": t,
-                        "success_on_attacked": w} for b, a, t, w in rows]}
-
-
-def test_compare_runs_puts_matching_attacks_side_by_side(tmp_path):
-  base = _results(0.70, 0.1, [("linf", "(ii) PGD", 0.4, 1.0), ("l2", "(ii) PGD", 0.15, 0.9)])
-  jac = _results(0.75, 0.25, [("l2", "(ii) PGD", 0.34, 0.8), ("l2", "(iii) latent", 0.2, 0.7)])
-  for name, res in (("b", base), ("j", jac)):
-    os.makedirs(tmp_path / name)
-    with open(tmp_path / name / "results.json", "w") as f:
-      json.dump(res, f)
-  table = distill.compare_runs(f"base={tmp_path / 'b'},jac={tmp_path / 'j'}",
-                               str(tmp_path / "cmp"))
-  assert open(tmp_path / "cmp" / "comparison.md").read() == table
-  lines = table.splitlines()
-  assert lines[0] == "| | base | jac |"
-  assert "| student accuracy | 0.7000 | 0.7500 |" in lines
-  assert "| input-gradient cosine (median) | 0.100 | 0.250 |" in lines
-  # matched by (budget, attack), whichever order the runs list them in; "-" where absent
-  assert "| linf: (ii) PGD | 0.400 (1.00) | - |" in lines
-  assert "| l2: (ii) PGD | 0.150 (0.90) | 0.340 (0.80) |" in lines
-  assert "| l2: (iii) latent | - | 0.200 (0.70) |" in lines
-  with pytest.raises(FileNotFoundError, match="results.json"):
-    distill.compare_runs(f"missing={tmp_path / 'nope'}", str(tmp_path / "cmp"))
-  with pytest.raises(ValueError, match="name=dir"):
-    distill.compare_runs(str(tmp_path / "b"), str(tmp_path / "cmp"))

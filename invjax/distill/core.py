@@ -37,6 +37,7 @@ checkpointed, resumable `train_loop`).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import chex
@@ -173,15 +174,17 @@ def gradient_cosine(teacher_fn: LogitsFn, student_fn: LogitsFn, x, classes, *,
     raise checks.InvjaxError("gradient_cosine: x is empty")
   checks.check_labels(classes, n, "classes")
   bs = n if batch_size is None else int(batch_size)
-
-  @jax.jit
-  def cos(v, c):
-    g_t, _ = class_log_prob_gradient(teacher_fn, v, c)
-    g_s, _ = class_log_prob_gradient(student_fn, v, c)
-    return jnp.sum(_unit(g_t) * _unit(g_s), axis=1)
-
-  return np.concatenate([np.asarray(cos(jnp.asarray(x[i:i + bs]), jnp.asarray(classes[i:i + bs])))
+  return np.concatenate([np.asarray(_cosine(teacher_fn, student_fn, jnp.asarray(x[i:i + bs]),
+                                            jnp.asarray(classes[i:i + bs])))
                          for i in range(0, n, bs)])
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _cosine(teacher_fn: LogitsFn, student_fn: LogitsFn, x, classes):
+  """Per-example gradient cosine, compiled once per (teacher_fn, student_fn, shape)."""
+  g_t, _ = class_log_prob_gradient(teacher_fn, x, classes)
+  g_s, _ = class_log_prob_gradient(student_fn, x, classes)
+  return jnp.sum(_unit(g_t) * _unit(g_s), axis=1)
 
 
 def agreement(teacher_fn: LogitsFn, student_fn: LogitsFn, x, *,
@@ -287,7 +290,7 @@ def distill(student: nn.Module, variables: Mapping[str, Any], teacher_fn: Logits
             input_offset: float = 0.0, augment_fn=None, jacobian_weight: float = 0.0,
             jacobian_class: str = "teacher", jacobian_temperature: float = 1.0,
             workdir: Optional[str] = None,
-            config: Optional[Mapping[str, Any]] = None, progress: bool = False, mesh=None
+            loop_options: Optional[Mapping[str, Any]] = None, progress: bool = False, mesh=None
             ) -> Tuple[Dict[str, Any], list]:
   """Trains `student` (initial `variables`) to match `teacher_fn` on `dataset`.
 
@@ -306,7 +309,7 @@ def distill(student: nn.Module, variables: Mapping[str, Any], teacher_fn: Logits
       docstring); weight 0 = off.
     workdir: with a directory, run `invjax.train.train_loop` there (metrics.jsonl,
       orbax checkpoints, resume); without, a plain in-memory loop.
-    config: extra train_loop settings (log_every, checkpoint_every, ...).
+    loop_options: extra `train_loop` keywords (log_every, checkpoint_every, ...).
     progress: tqdm bar.
     mesh: optional data-parallel mesh (`invjax.parallel`), with a `workdir` only.
 
@@ -329,9 +332,9 @@ def distill(student: nn.Module, variables: Mapping[str, Any], teacher_fn: Logits
   if mesh is not None and workdir is None:
     raise checks.InvjaxError("distill: a data-parallel mesh needs a workdir (train_loop)")
   if workdir is not None:
-    cfg = {"num_steps": num_steps, "batch_size": batch_size, **dict(config or {})}
-    state, _ = train.train_loop(cfg, state, step_fn, dataset, workdir, data_key=data_key,
-                                progress=progress, mesh=mesh)
+    state, _ = train.train_loop(state, step_fn, dataset, workdir, num_steps=num_steps,
+                                batch_size=batch_size, data_key=data_key, progress=progress,
+                                mesh=mesh, **dict(loop_options or {}))
     return state.variables, train.read_metrics(workdir)
   history = []
   batches = train.batch_iterator(data_key, dataset, batch_size)

@@ -110,13 +110,13 @@ def test_resume_is_exact_and_ignores_incomplete_checkpoints(tmp_path):
   ds, test_ds = _dataset(), _dataset(21, seed=1)
   kw = dict(eval_step=EVAL, eval_dataset=test_ds, progress=False)
   ref_dir, run_dir = str(tmp_path / "ref"), str(tmp_path / "run")
-  ref, ref_eval = train.train_loop(CONFIG, _init_state(), STEP, ds, ref_dir, **kw)
+  ref, ref_eval = train.train_loop(_init_state(), STEP, ds, ref_dir, **CONFIG, **kw)
   assert int(ref.step) == 7
 
   # Killed after step 5: the checkpoint of step 4 is the last finished one, the
   # log of step 3 is written (its window spans the checkpoint at step 2).
   with pytest.raises(_Crash):
-    train.train_loop(CONFIG, _init_state(), STEP, ds, run_dir, hooks=[_crash_at(5)], **kw)
+    train.train_loop(_init_state(), STEP, ds, run_dir, hooks=[_crash_at(5)], **CONFIG, **kw)
   ckpt_dir = os.path.join(run_dir, train.CHECKPOINT_DIR)
   assert sorted(os.listdir(ckpt_dir)) == ["2", "4"]
   # A crash mid-save: orbax's temporary directory, and a bare step directory
@@ -126,7 +126,7 @@ def test_resume_is_exact_and_ignores_incomplete_checkpoints(tmp_path):
   with open(os.path.join(ckpt_dir, "5", "state", "junk"), "w") as f:
     f.write("half written")
 
-  resumed, run_eval = train.train_loop(CONFIG, _init_state(), STEP, ds, run_dir, **kw)
+  resumed, run_eval = train.train_loop(_init_state(), STEP, ds, run_dir, **CONFIG, **kw)
   assert int(resumed.step) == 7
   assert glob.glob(os.path.join(ckpt_dir, "5.incomplete-*")), os.listdir(ckpt_dir)
   for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(resumed)):
@@ -143,7 +143,7 @@ def test_resume_is_exact_and_ignores_incomplete_checkpoints(tmp_path):
   acc = float(np.mean(np.argmax(np.asarray(logits), -1) == test_ds.y))
   np.testing.assert_allclose(ref_eval["correct"], acc, atol=1e-6)
   # Relaunching a finished run does no step and returns the same state.
-  again, _ = train.train_loop(CONFIG, _init_state(), STEP, ds, run_dir, **kw)
+  again, _ = train.train_loop(_init_state(), STEP, ds, run_dir, **CONFIG, **kw)
   np.testing.assert_array_equal(jax.tree.leaves(again.params)[0],
                                 jax.tree.leaves(ref.params)[0])
 
@@ -167,4 +167,4 @@ def test_nan_loss_stops_with_clear_error(tmp_path):
   step = train.make_train_step(nan_loss, opt)
   cfg = dict(num_steps=4, batch_size=8, log_every=2, checkpoint_every=100)
   with pytest.raises(ConvergenceError, match="loss is nan at step 2"):
-    train.train_loop(cfg, state, step, _dataset(), str(tmp_path), progress=False)
+    train.train_loop(state, step, _dataset(), str(tmp_path), progress=False, **cfg)

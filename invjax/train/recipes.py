@@ -1,0 +1,256 @@
+"""The trainings the launch scripts run: flow density, invertible classifier, CNN teacher.
+
+Each recipe initialises the model, builds the loss, runs the resumable `train_loop` in
+`workdir`, evaluates on the test split and writes `results.json` (and `model.json` for the
+invertible classifier, so that `restore_classifier(workdir)` rebuilds it without its
+config). Every option is an explicit keyword with a documented default; the launch configs
+own the values they set. `loop` keywords go to `train_loop` (num_steps, batch_size,
+log_every, ...).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from invjax import data as data_lib
+from invjax._src import io
+from invjax._src.checks import InvjaxError
+from invjax.flows import classifier as classifier_lib
+from invjax.flows import multiscale
+from invjax.flows import registry
+from invjax.nets import cnn
+from invjax.train.checkpoint import restore_variables
+from invjax.train.loop import train_loop
+from invjax.train.state import (TrainState, count_params, make_eval_step, make_train_step,
+                                split_variables)
+
+RESULTS_FILE = "results.json"
+MODEL_FILE = "model.json"
+
+
+def _init(model: nn.Module, x_init: jax.Array, init_key: jax.Array, state_key: jax.Array,
+          optimizer: optax.GradientTransformation) -> TrainState:
+  """A step-0 `TrainState` of `model` initialised on `x_init` (ActNorm's data-dependent init)."""
+  variables = jax.jit(model.init)({"params": init_key, "logdet": init_key}, x_init)
+  params, model_state = split_variables(variables)
+  return TrainState.create(params, optimizer, state_key, model_state)
+
+
+def _finish(workdir: str, results: Dict[str, Any], t_start: float) -> Dict[str, Any]:
+  results["wall_s"] = time.time() - t_start
+  io.write_json(os.path.join(workdir, RESULTS_FILE), results)
+  return results
+
+
+# ----------------------------------------------------------------------------- flows
+
+
+def train_flow(model: nn.Module, train_ds: data_lib.Dataset, test_ds: data_lib.Dataset,
+               workdir: str, *, optimizer: optax.GradientTransformation, name: str = "flow",
+               seed: int = 0, init_batch_size: int = 128, mesh=None, progress: bool = True,
+               **loop: Any) -> Dict[str, Any]:
+  """Density estimation: minimises bits/dim of dequantised pixels `(x + u) / 256 - 0.5`.
+
+  Returns (and writes to `workdir/results.json`) `{"test_bits_per_dim", "step", "model",
+  "wall_s"}`; raises `InvjaxError` when the test bits/dim is not finite.
+  """
+  t_start = time.time()
+  num_dims = int(np.prod(train_ds.x.shape[1:]))
+  init_key, deq_key, state_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+  x_init = multiscale.uniform_dequantize(deq_key, train_ds.x[:init_batch_size]) - 0.5
+  state = _init(model, x_init, init_key, state_key, optimizer)
+  mutable = list(state.model_state)
+  logging.info("model %s: %d parameters", name, count_params(state.params))
+
+  def bpd_per_example(params, model_state, x_uint8, rng):
+    deq_rng, logdet_rng = jax.random.split(rng)
+    x = multiscale.uniform_dequantize(deq_rng, x_uint8) - 0.5
+    (z, log_det), new_state = model.apply({"params": params, **model_state}, x,
+                                          rngs={"logdet": logdet_rng}, mutable=mutable)
+    log_px = multiscale.standard_normal_logpdf(z) + log_det
+    return multiscale.bits_per_dim(log_px, num_dims), new_state
+
+  def loss_fn(params, model_state, batch, rng):
+    bpd, new_state = bpd_per_example(params, model_state, batch["x"], rng)
+    loss = jnp.mean(bpd)
+    return loss, (new_state, {"bits_per_dim": loss})
+
+  def metric_fn(params, model_state, batch):
+    # A fixed dequantisation / estimator key: the same test number at every evaluation.
+    bpd, _ = bpd_per_example(params, model_state, batch["x"], jax.random.PRNGKey(0))
+    return {"bits_per_dim": bpd}
+
+  state, metrics = train_loop(
+      state, make_train_step(loss_fn, optimizer, mutable=True, donate=True), train_ds, workdir,
+      eval_step=make_eval_step(metric_fn), eval_dataset=test_ds, mesh=mesh, progress=progress,
+      seed=seed, **loop)
+  results = {"test_bits_per_dim": metrics["bits_per_dim"], "step": int(state.step),
+             "model": name}
+  if not math.isfinite(results["test_bits_per_dim"]):
+    raise InvjaxError(f"test bits/dim is {results['test_bits_per_dim']}")
+  return _finish(workdir, results, t_start)
+
+
+# ----------------------------------------------------------------------------- classifiers
+
+
+def classifier_spec(model_config: Mapping[str, Any], *, num_classes: int,
+                    image_shape: Sequence[int], head: str = "slice",
+                    slice_dims: Optional[int] = None, input_offset: float = -0.5
+                    ) -> Dict[str, Any]:
+  """The JSON description of an invertible classifier that `build_classifier` builds.
+
+  `model_config` is the flow's `{"name": ..., **constructor kwargs}`; the model sees
+  `x + input_offset` for images x in [0, 1].
+  """
+  flow = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
+  flow = {k: list(v) if isinstance(v, tuple) else v for k, v in flow.items()}
+  return {"flow": flow, "num_classes": int(num_classes),
+          "image_shape": [int(s) for s in image_shape], "head": head,
+          "slice_dims": None if slice_dims is None else int(slice_dims),
+          "input_offset": float(input_offset)}
+
+
+def build_classifier(spec: Mapping[str, Any]) -> classifier_lib.InvertibleClassifier:
+  """The `InvertibleClassifier` (flow + head) a `classifier_spec` describes."""
+  image_shape = tuple(spec["image_shape"])
+  flow = registry.from_config(spec["flow"], image_shape)
+  return classifier_lib.make_classifier(flow, spec["num_classes"], image_shape,
+                                        head=spec["head"], slice_dims=spec["slice_dims"])
+
+
+def restore_classifier(workdir: str, spec: Optional[Mapping[str, Any]] = None
+                       ) -> Tuple[classifier_lib.InvertibleClassifier, Dict[str, Any],
+                                  Dict[str, Any], int]:
+  """(model, variables, spec, step) of the classifier trained in `workdir`.
+
+  The model comes from `workdir/model.json` (written by `train_classifier`), or from `spec`
+  for a run that has none; the variables from the last finished checkpoint.
+  """
+  path = os.path.join(workdir, MODEL_FILE)
+  if os.path.isfile(path):
+    with open(path) as f:
+      spec = json.load(f)
+  elif spec is None:
+    raise InvjaxError(f"{workdir} has no {MODEL_FILE}; pass the classifier's spec "
+                      "(invjax.train.recipes.classifier_spec)")
+  variables, step = restore_variables(workdir)
+  return build_classifier(spec), variables, dict(spec), step
+
+
+def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
+                     test_ds: data_lib.Dataset, workdir: str, *,
+                     optimizer: optax.GradientTransformation, nll_weight: float = 0.0,
+                     augment: bool = False, report_bits_per_dim: bool = False,
+                     seed: int = 0, init_batch_size: int = 128, mesh=None,
+                     progress: bool = True, **loop: Any) -> Dict[str, Any]:
+  """Invertible classifier: cross-entropy + `nll_weight` * bits/dim of the flow.
+
+  Args:
+    spec: from `classifier_spec` (written to `workdir/model.json`).
+    train_ds, test_ds: uint8 datasets.
+    workdir: metrics, checkpoints, `results.json`, `model.json`; a rerun resumes.
+    optimizer: e.g. `invjax.train.make_optimizer(...)`.
+    nll_weight: weight of the flow's bits/dim (0: plain classifier); a density needs
+      dequantised inputs, so `nll_weight > 0` trains on `(x + u) / 256`.
+    augment: random flips and crops (`invjax.data.flip_and_crop`) of training images.
+    report_bits_per_dim: also log and evaluate bits/dim.
+    seed: initialisation, per-step rng and data order.
+    init_batch_size: images for the data-dependent initialisation.
+    mesh: optional data-parallel mesh (`invjax.parallel`).
+    progress: tqdm bar.
+    **loop: `train_loop` keywords (num_steps, batch_size, log_every, ...).
+
+  Returns:
+    `{"test_accuracy", "step", "model", "wall_s"}` (+ "test_bits_per_dim" when reported).
+  """
+  t_start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  io.write_json(os.path.join(workdir, MODEL_FILE), dict(spec))
+  model = build_classifier(spec)
+  offset = float(spec["input_offset"])
+  init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
+
+  def inputs(x_uint8, rng, training):
+    aug_rng, deq_rng = jax.random.split(rng)
+    if nll_weight:  # a density needs dequantised inputs
+      x = multiscale.uniform_dequantize(deq_rng, x_uint8)
+    else:
+      x = data_lib.to_float(x_uint8)
+    if training and augment:
+      x = data_lib.flip_and_crop(aug_rng, x)
+    return x + offset
+
+  x_init = data_lib.to_float(train_ds.x[:init_batch_size]) + offset
+  state = _init(model, x_init, init_key, state_key, optimizer)
+  mutable = list(state.model_state)
+  name = f"{spec['flow']['name']}/{spec['head']}"
+  logging.info("classifier %s: %d parameters, latent %s", name, count_params(state.params),
+               model.latent_shape)
+
+  def forward(params, model_state, x, rng):
+    return model.apply({"params": params, **model_state}, x, rngs={"logdet": rng},
+                       mutable=mutable)
+
+  def loss_fn(params, model_state, batch, rng):
+    in_rng, fwd_rng = jax.random.split(rng)
+    x = inputs(batch["x"], in_rng, training=True)
+    (logits, z, log_det), new_state = forward(params, model_state, x, fwd_rng)
+    loss, metrics = classifier_lib.hybrid_loss(logits, batch["y"], z, log_det,
+                                               nll_weight=nll_weight)
+    if not report_bits_per_dim:
+      metrics.pop("bits_per_dim")
+    return loss, (new_state, metrics)
+
+  def metric_fn(params, model_state, batch):
+    rng = jax.random.PRNGKey(0)  # fixed: the same test numbers at every evaluation
+    x = inputs(batch["x"], rng, training=False)
+    (logits, z, log_det), _ = forward(params, model_state, x, rng)
+    out = {"accuracy": (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)}
+    if report_bits_per_dim:
+      out["bits_per_dim"] = classifier_lib.nll_bits_per_dim(z, log_det)
+    return out
+
+  state, metrics = train_loop(
+      state, make_train_step(loss_fn, optimizer, mutable=True, donate=True), train_ds, workdir,
+      eval_step=make_eval_step(metric_fn), eval_dataset=test_ds, mesh=mesh, progress=progress,
+      seed=seed, **loop)
+  results = {"test_accuracy": metrics["accuracy"], "step": int(state.step), "model": name}
+  if "bits_per_dim" in metrics:
+    results["test_bits_per_dim"] = metrics["bits_per_dim"]
+  return _finish(workdir, results, t_start)
+
+
+# ----------------------------------------------------------------------------- CNN teachers
+
+
+def train_cnn(model: nn.Module, train_ds: data_lib.Dataset, test_ds: data_lib.Dataset,
+              workdir: str, *, optimizer: optax.GradientTransformation, augment: bool = False,
+              weight_decay: float = 0.0, seed: int = 0, mesh=None, progress: bool = True,
+              **loop: Any) -> Tuple[Dict[str, Any], float]:
+  """A (non-invertible) CNN classifier of `invjax.nets.cnn`, e.g. a distillation teacher.
+
+  Returns (variables, test accuracy); a rerun in the same `workdir` resumes or reloads.
+  """
+  key = jax.random.PRNGKey(seed)
+  variables = jax.jit(lambda k: cnn.init(model, k, train_ds.x.shape[1:]))(key)
+  params, model_state = split_variables(variables)
+  state = TrainState.create(params, optimizer, jax.random.fold_in(key, 1), model_state)
+  logging.info("teacher %s: %d parameters", type(model).__name__, count_params(params))
+  loss_fn = cnn.make_loss_fn(model, augment_fn=data_lib.flip_and_crop if augment else None,
+                             weight_decay=weight_decay)
+  state, metrics = train_loop(
+      state, make_train_step(loss_fn, optimizer, mutable=True, donate=True), train_ds, workdir,
+      eval_step=make_eval_step(cnn.make_metric_fn(model)), eval_dataset=test_ds, mesh=mesh,
+      progress=progress, seed=seed, **loop)
+  return state.variables, metrics["accuracy"]
