@@ -69,18 +69,6 @@ def primal_objective(w, b, x, y, c):
   return float(total)
 
 
-def liblinear_weights(model, classes, d):
-  labels = [int(l) for l in model.get_labels()]
-  w = np.zeros((classes, d))
-  if len(labels) == 2:
-    coef, _ = model.get_decfun(0)
-    w[labels[0]], w[labels[1]] = coef, -np.asarray(coef)
-  else:
-    for i, lab in enumerate(labels):
-      w[lab] = model.get_decfun(i)[0]
-  return w
-
-
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
@@ -154,7 +142,7 @@ def main(argv):
   t0 = time.perf_counter()
   model = ll.train(prob, f"-s 1 -c {c} -B -1 -q")
   train_default = time.perf_counter() - t0
-  w_ll = liblinear_weights(model, k, d)
+  w_ll = svm.liblinear_weights(model, k, d)
   b0 = np.zeros(k)
   if build_dense is not None:
     add("LIBLINEAR `-s 1` (problem from dense numpy)", build_dense + train_default, train_default,
@@ -166,7 +154,7 @@ def main(argv):
     ref = ll.train(prob, f"-s 1 -c {c} -B -1 -e {FLAGS.ref_eps} -q")
     train_ref = time.perf_counter() - t0
     add(f"LIBLINEAR `-s 1 -e {FLAGS.ref_eps}` (reference)", build_csr + train_ref, train_ref,
-        liblinear_weights(ref, k, d), b0, f"problem() CSR {build_csr:.2f}s")
+        svm.liblinear_weights(ref, k, d), b0, f"problem() CSR {build_csr:.2f}s")
 
   table = "\n".join(lines)
   print()

@@ -40,6 +40,7 @@ import numpy as np
 from scipy import stats
 
 from invjax._src.checks import InvjaxError
+from invjax.passeurs import features as features_lib
 from invjax.passeurs import poison
 
 
@@ -215,20 +216,19 @@ def audit(train_features, train_y, test_features, test_y, public, *,
 
 def audit_datasets(extractor, train, test, public, *, fit_fn, key, batch_size: int = 256,
                    pixel: bool = True, progress: bool = False, **kwargs) -> AuditReport:
-  """`audit` on datasets: embeds `train` and `test` with `extractor` (a pipeline.Extractor).
+  """`audit` on datasets: embeds `train` and `test` with `extractor` (`features.embed`).
 
   Args:
-    extractor: `invjax.passeurs.pipeline.Extractor`.
+    extractor: `invjax.passeurs.features.Extractor`.
     train, test: `invjax.data.Dataset` (uint8 images).
-    public: bool mask over `test` (e.g. `pipeline.split_mask(test)`).
+    public: bool mask over `test` (e.g. `experiment.split_mask(test)`).
     fit_fn, key, kwargs: see `audit`.
     batch_size: embedding batch size.
     pixel: include the pixel statistics (d).
     progress: progress bars.
   """
-  from invjax.passeurs import pipeline  # pylint: disable=g-import-not-at-top
-  ftr = pipeline.embed(extractor, train.x, batch_size=batch_size, progress=progress)
-  fte = pipeline.embed(extractor, test.x, batch_size=batch_size, progress=progress)
+  ftr = features_lib.embed(extractor, train.x, batch_size=batch_size, progress=progress)
+  fte = features_lib.embed(extractor, test.x, batch_size=batch_size, progress=progress)
   return audit(ftr, train.y, fte, test.y, public, fit_fn=fit_fn, key=key,
                train_x=train.x if pixel else None, test_x=test.x if pixel else None,
                progress=progress, **kwargs)

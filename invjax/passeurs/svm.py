@@ -14,16 +14,15 @@ With two classes LIBLINEAR trains ONE model; so do we: we solve "class 1 vs clas
 return w = [-w1, w1], b = [-b1, b1] (the exact one-vs-rest optimum, since the class-0 problem is
 the class-1 problem with y -> -y), so predictions equal LIBLINEAR's single model.
 
-Solvers (see `svm_solvers.py`): the squared hinge uses primal Newton with preconditioned CG
-(`solver="newton"`, LIBLINEAR's `-s 2` algorithm and stopping rule), whose work is
-`[B, d] x [d, K]` products for all classes at once, fused per row block (one pass over the
-features per CG iteration). On a shared 2-core CPU it fitted a 50,000 x 1,280, 10-class
-CNN-like matrix in 39 s end to end vs 606-652 s for LIBLINEAR `-s 1` (problem building
-included), at a slightly lower objective (`bench/svm.py`, measured with the former
-relative-decrease stopping rule); the same program runs on GPU/TPU. Warm starts (`init=`) make
-repeated fits on similar features cheap. The hinge loss is not differentiable, so it uses dual
-coordinate descent with shrinking (`solver="dual_cd"`, LIBLINEAR's `-s 1`/`-s 3` algorithm; `key`
-fixes the sample order), which is also available for the squared hinge.
+Solvers (`svm_newton.py`, `svm_dual_cd.py`; overview in `svm_solvers.py`): the squared hinge
+uses primal Newton with preconditioned CG (`solver="newton"`, LIBLINEAR's `-s 2` algorithm and
+stopping rule), whose work is `[B, d] x [d, K]` products for all classes at once, fused per row
+block (one pass over the features per CG iteration); the same program runs on GPU/TPU, and warm
+starts (`init=`) make repeated fits on similar features cheap. The hinge loss is not
+differentiable, so it uses dual coordinate descent with shrinking (`solver="dual_cd"`,
+LIBLINEAR's `-s 1`/`-s 3` algorithm; `key` fixes the sample order), which is also available for
+the squared hinge. `fit_liblinear` fits the same SVM with the reference LIBLINEAR package, and
+`make_fit(backend)` picks either (`bench/svm.py` compares them).
 
 Which solver: Newton's cost is a full pass over the features per CG iteration, whatever the
 number of margin violators; dual CD's cost is per visited sample, and shrinking leaves only the
@@ -55,7 +54,8 @@ import numpy as np
 
 from invjax._src import compilation
 from invjax._src.checks import InvjaxError, check_finite, check_positive, check_rank, is_concrete
-from invjax.passeurs import svm_solvers
+from invjax.passeurs import svm_dual_cd
+from invjax.passeurs import svm_newton
 
 LOSSES = ("squared_hinge", "hinge")
 SOLVERS = ("newton", "dual_cd")
@@ -145,9 +145,13 @@ def _check_labels(labels, n, num_classes):
                       f"got {np.shape(labels)}")
   if is_concrete(labels):
     arr = np.asarray(labels)
-    if arr.min() < 0 or (num_classes is not None and arr.max() >= num_classes):
-      hi = "" if num_classes is None else f", {num_classes}"
-      raise InvjaxError(f"labels must lie in [0{hi}), got values in [{arr.min()}, {arr.max()}]")
+    if arr.min() < 0:
+      hi = "num_classes" if num_classes is None else num_classes
+      raise InvjaxError(f"labels must lie in [0, {hi}) (non-negative class ids), got min "
+                        f"{arr.min()}")
+    if num_classes is not None and arr.max() >= num_classes:
+      raise InvjaxError(f"labels must lie in [0, {num_classes}) (num_classes={num_classes}), "
+                        f"got max {arr.max()}")
     if len(np.unique(arr)) < 2:
       raise InvjaxError(f"labels must contain at least 2 classes, got only class {arr[0]}")
 
@@ -246,18 +250,18 @@ def _fit_core(features, labels, w0, b0, key, C, tol, bias, squared, max_iter, *,
   if binary:                                      # one problem: class 1 vs class 0
     y, w0, b0 = y[1:], w0[1:], b0[1:]
   if solver == "newton":
-    xb, valid = svm_solvers.to_blocks(features, BLOCK_SIZE)
-    yb, _ = svm_solvers.to_blocks(y.T, BLOCK_SIZE)
-    res = svm_solvers.newton_squared_hinge(xb, valid, yb, w0, b0, c=C, fit_bias=bias, eps=tol,
+    xb, valid = svm_newton.to_blocks(features, BLOCK_SIZE)
+    yb, _ = svm_newton.to_blocks(y.T, BLOCK_SIZE)
+    res = svm_newton.newton_squared_hinge(xb, valid, yb, w0, b0, c=C, fit_bias=bias, eps=tol,
                                            max_iter=max_iter)
     res = res._replace(alpha=res.alpha[:, :features.shape[0]])
   else:
     # Class after class (lax.map, not vmap): each class runs only its own epochs over its own
     # active set, and its loop indexes single rows (vmapped, the loop ran the largest active set
     # of all classes with gathers/scatters over [K, n]: ~10x slower with shrinking, measured).
-    solve = functools.partial(svm_solvers.dual_cd, c=C, squared=squared, fit_bias=bias, tol=tol,
+    solve = functools.partial(svm_dual_cd.dual_cd, c=C, squared=squared, fit_bias=bias, tol=tol,
                               max_iter=max_iter, key=key,
-                              perms=svm_solvers.epoch_orders(key, features.shape[0]))
+                              perms=svm_dual_cd.epoch_orders(key, features.shape[0]))
     sq_norms = jnp.sum(features * features, axis=1)
     res = jax.lax.map(lambda ya: solve(features, sq_norms, *ya), (y, jnp.zeros_like(y)))
   w, b, alpha = res.w, res.b, res.alpha
@@ -351,3 +355,57 @@ def fit(features, labels, *, C: float = 1.0, loss: str = "squared_hinge", bias: 
                   f"when P no longer decreases in floating point); residuals "
                   f"{np.asarray(info.residual)}", RuntimeWarning)
   return (params, info) if return_info else params
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+def fit_liblinear(features, labels, *, C: float = 1.0, tol: Optional[float] = None) -> SVMParams:
+  """The same SVM fitted by the reference LIBLINEAR (`liblinear-official`, the `test` extra):
+  `-s 1 -c C -e tol -B -1` (tol None: LIBLINEAR's 0.1). A faster choice for very large
+  feature sets on a CPU.
+
+  Returns:
+    `SVMParams` with `w` [K, d] float32 and `b` [K] (zeros), rows ordered by class id.
+  """
+  try:
+    from liblinear import liblinearutil  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise InvjaxError("svm_backend='liblinear' needs the liblinear-official package "
+                      "(pip install liblinear-official)") from e
+  import scipy.sparse  # pylint: disable=g-import-not-at-top
+  f = np.asarray(features, np.float64)
+  y = np.asarray(labels)
+  if f.ndim != 2 or y.shape != (f.shape[0],):
+    raise InvjaxError(f"features [N, d] and labels [N] expected, got {f.shape} and {y.shape}")
+  tol = 0.1 if tol is None else float(tol)
+  model = liblinearutil.train(y.astype(np.float64), scipy.sparse.csr_matrix(f),
+                              f"-s 1 -c {float(C)} -e {float(tol)} -B -1 -q")
+  w = liblinear_weights(model, int(y.max()) + 1, f.shape[1]).astype(np.float32)
+  return SVMParams(w=jnp.asarray(w), b=jnp.zeros(w.shape[0], jnp.float32))
+
+
+def liblinear_weights(model, num_classes: int, d: int) -> np.ndarray:
+  """A trained LIBLINEAR model's weights as float64 [num_classes, d], row c scoring class c
+  (LIBLINEAR trains one model for two classes: w for its first label, -w for the other)."""
+  w = np.zeros((num_classes, d))
+  labels = [int(l) for l in model.get_labels()]
+  if len(labels) == 2:
+    wv = np.asarray(model.get_decfun(0)[0])
+    w[labels[0]], w[labels[1]] = wv, -wv
+  else:
+    for i, lab in enumerate(labels):
+      w[lab] = model.get_decfun(i)[0]
+  return w
+
+
+BACKENDS = {"invjax": fit, "liblinear": fit_liblinear}
+
+
+def make_fit(backend: str = "invjax", *, C: float = 1.0, tol: Optional[float] = None):
+  """`fit_fn(features, labels) -> SVMParams`: LIBLINEAR `-s 1 -c C -B -1` (squared hinge,
+  one-vs-rest, no bias) by `backend` ("invjax": `fit`; "liblinear": `fit_liblinear`); tol None:
+  the backend's own default."""
+  if backend not in BACKENDS:
+    raise InvjaxError(f"svm_backend must be one of {sorted(BACKENDS)}, got {backend!r}")
+  return functools.partial(BACKENDS[backend], C=float(C), tol=None if tol is None else float(tol))

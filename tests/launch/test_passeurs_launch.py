@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 from invjax import data
-from launch.configs import passeurs_cifar10, passeurs_smoke
+from launch.configs import passeurs, passeurs_cifar10, passeurs_smoke
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -44,8 +44,19 @@ def test_smoke_launch_end_to_end(tmp_path):
 
 
 def test_configs_hold_their_command():
-  for module in (passeurs_smoke, passeurs_cifar10):
+  for module in (passeurs_smoke, passeurs_cifar10, passeurs):
     config = module.get_config()
     assert "python -m launch.passeurs --config=launch/configs/" in module.__doc__
     assert config.steps >= 1 and config.resolution >= 32
   assert passeurs_cifar10.get_config().dataset == "cifar10"
+  assert "--config=launch/configs/passeurs.py:smoke" in passeurs.__doc__
+
+
+def test_one_config_with_a_smoke_mode():
+  """The old file names are the two modes of launch/configs/passeurs.py."""
+  assert passeurs_smoke.get_config().to_dict() == passeurs.get_config("smoke").to_dict()
+  assert passeurs_cifar10.get_config().to_dict() == passeurs.get_config().to_dict()
+  smoke, full = passeurs.get_config("smoke"), passeurs.get_config()
+  assert (smoke.dataset, smoke.resolution, smoke.steps) == ("cifar10_mini", 32, 2)
+  assert (full.dataset, full.resolution, full.steps) == ("cifar10", 64, 3)
+  assert smoke.public_boundary == full.public_boundary == 5000

@@ -7,20 +7,22 @@ from invjax import data
 from invjax._src.checks import InvjaxError
 from invjax.data.dataset import Dataset
 from invjax.passeurs import audit
-from invjax.passeurs import pipeline
+from invjax.passeurs import experiment
+from invjax.passeurs import features
 from invjax.passeurs import poison
+from invjax.passeurs import svm
 
 
 @pytest.fixture(scope="module")
 def setup():
-  ex = pipeline.random_conv_extractor(jax.random.PRNGKey(1), channels=8)
+  ex = features.random_conv_extractor(jax.random.PRNGKey(1), channels=8)
   train = data.load("cifar10_mini", "train")
   keep = np.sort(np.concatenate([np.where(train.y == c)[0][:40] for c in range(10)]))
   train = train.take(keep)
   test = data.load("cifar10_mini", "test")
-  public = pipeline.split_mask(test)
-  f_test = pipeline.embed(ex, test.x)
-  w_target = pipeline.liblinear_fit(f_test[public], test.y[public])
+  public = experiment.split_mask(test)
+  f_test = features.embed(ex, test.x)
+  w_target = svm.fit_liblinear(f_test[public], test.y[public])
   x_poison = poison.sign_poison(ex.apply, ex.params, train.x, train.y, w_target, steps=2)
   return ex, train, test, public, x_poison
 
@@ -28,7 +30,7 @@ def setup():
 def _audit(setup, x_train):
   ex, train, test, public, _ = setup
   return audit.audit_datasets(ex, Dataset(x_train, train.y, train.index), test, public,
-                              fit_fn=pipeline.liblinear_fit, key=jax.random.PRNGKey(0),
+                              fit_fn=svm.fit_liblinear, key=jax.random.PRNGKey(0),
                               num_splits=4, num_permutations=500)
 
 
@@ -65,7 +67,7 @@ def test_closed_form_statistics():
 def test_input_errors():
   f = np.zeros((4, 3), np.float32)
   y = np.array([0, 1, 0, 1])
-  fit = pipeline.liblinear_fit
+  fit = svm.fit_liblinear
   with pytest.raises(InvjaxError, match="share d"):
     audit.audit(f, y, np.zeros((4, 2)), y, np.array([1, 1, 0, 0], bool), fit_fn=fit,
                 key=jax.random.PRNGKey(0))

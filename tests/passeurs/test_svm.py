@@ -17,7 +17,8 @@ from liblinear import liblinearutil
 
 from invjax._src.checks import InvjaxError
 from invjax.passeurs import svm
-from invjax.passeurs import svm_solvers
+from invjax.passeurs import svm_dual_cd
+from invjax.passeurs import svm_newton
 
 N, D = 300, 20
 
@@ -237,9 +238,9 @@ def test_newton_stops_on_liblinear_gradient_rule(bias):
 def test_newton_residual_cg_rule_and_jacobi_preconditioner():
   """The non-default CG rule (||H s + g|| <= 0.1 ||g||, TRON's) and the plain Jacobi
   preconditioner (the former defaults) also converge to the reference optimum."""
-  xb, valid = svm_solvers.to_blocks(jnp.asarray(XS), 128)
-  yb, _ = svm_solvers.to_blocks(jnp.where(YS[:, None] == np.arange(3), 1.0, -1.0), 128)
-  res = jax.jit(lambda xb, yb: svm_solvers.newton_squared_hinge(
+  xb, valid = svm_newton.to_blocks(jnp.asarray(XS), 128)
+  yb, _ = svm_newton.to_blocks(jnp.where(YS[:, None] == np.arange(3), 1.0, -1.0), 128)
+  res = jax.jit(lambda xb, yb: svm_newton.newton_squared_hinge(
       xb, valid, yb, jnp.zeros((3, D)), jnp.zeros(3), c=1.0, fit_bias=False, eps=1e-4,
       max_iter=100, cg_rule="residual", cg_eps=0.1, precond_mix=1.0))(xb, yb)
   assert bool(np.all(res.converged))
@@ -267,7 +268,7 @@ def test_dual_cd_shrinking():
   # Same problem without shrinking (the solver called directly): same objective.
   y = jnp.where(YS[None, :] == jnp.arange(3)[:, None], 1.0, -1.0)
   x = jnp.asarray(XS)
-  solve = lambda yy: svm_solvers.dual_cd(
+  solve = lambda yy: svm_dual_cd.dual_cd(
       x, jnp.sum(x * x, 1), yy, jnp.zeros_like(yy), c=1.0, squared=True, fit_bias=0.0, tol=tol,
       max_iter=1000, key=jax.random.PRNGKey(0), shrinking=False)
   full = jax.jit(lambda y: jax.lax.map(solve, y))(y)
@@ -328,3 +329,25 @@ def test_decision_function_checks_width():
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     assert svm.predict(params, X3).shape == (N,)
+
+
+def test_label_range_errors_say_what_is_wrong():
+  """A negative label is named as such (the minimum found), a label >= num_classes by its
+  maximum; neither prints an empty interval like "[0)"."""
+  with pytest.raises(InvjaxError) as e:
+    svm.fit(X3, Y3 - 1)
+  assert str(e.value) == ("labels must lie in [0, num_classes) (non-negative class ids), "
+                          "got min -1")
+  with pytest.raises(InvjaxError) as e:
+    svm.fit(X3, Y3, num_classes=2)
+  assert str(e.value) == "labels must lie in [0, 2) (num_classes=2), got max 2"
+  with pytest.raises(InvjaxError, match=r"\[0, 3\) \(non-negative class ids\), got min -2"):
+    svm.fit(X3, np.where(np.arange(N) == 5, -2, Y3), num_classes=3)
+
+
+def test_newton_rejects_an_unknown_cg_rule():
+  xb, valid = svm_newton.to_blocks(jnp.asarray(XS), 128)
+  yb, _ = svm_newton.to_blocks(jnp.where(YS[:, None] == np.arange(3), 1.0, -1.0), 128)
+  with pytest.raises(InvjaxError, match="cg_rule must be 'quadratic' or 'residual'"):
+    svm_newton.newton_squared_hinge(xb, valid, yb, jnp.zeros((3, D)), jnp.zeros(3), c=1.0,
+                                    fit_bias=False, eps=1e-3, max_iter=10, cg_rule="exact")
