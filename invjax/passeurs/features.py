@@ -24,6 +24,7 @@ import numpy as np
 
 from invjax._src import compilation
 from invjax._src import conv
+from invjax._src import io
 from invjax._src.checks import InvjaxError
 from invjax.passeurs import poison
 
@@ -126,13 +127,6 @@ def fingerprint(x: np.ndarray) -> str:
   return h.hexdigest()[:16]
 
 
-def _save_npy(path: str, array: np.ndarray) -> None:
-  """`np.save` to a temporary name, then renamed: a killed run leaves no partial file."""
-  tmp = path + ".tmp.npy"
-  np.save(tmp, array)
-  os.replace(tmp, path)
-
-
 class FeatureCache:
   """Clean features kept in memory and, when `directory` is set, on disk (atomic `.npy` writes).
 
@@ -160,6 +154,6 @@ class FeatureCache:
       f = embed(extractor, x_uint8, batch_size=batch_size, progress=progress, desc=desc)
       if path:
         os.makedirs(self.directory, exist_ok=True)
-        _save_npy(path, f)
+        io.save_npy(path, f)
     self._mem[key] = f
     return f

@@ -18,11 +18,9 @@ poisoned) images:
   exact objective the LIBLINEAR-style SVM minimises, so a step lowers what the downstream
   solver pays for the point under the test-fitted hyperplanes. `margin="multiclass"` uses
   `-(s_y - max_{j != y} s_j)` with `s = W f + b` (the Crammer-Singer style top-2 margin).
-  Measured on the embedded mini CIFAR-10 (EfficientNet-Lite0 at 32x32, LIBLINEAR SVM; public
-  accuracy clean 31.2% -> k = 1, 2, 3): "ovr_hinge" 66.0 / 70.4 / 69.2%, "multiclass"
-  58.8 / 66.0 / 66.0% (private 40.0% -> 33-36% for both). "ovr_hinge" is the default: larger
-  gain at every k, because it pushes along all ten rows of `w_target` at once (the multiclass
-  margin only moves the two top rows).
+  "ovr_hinge" is the default: it gains more public accuracy at every k on the embedded mini
+  CIFAR-10 (docs/results/passeurs.md), because it pushes along all ten rows of `w_target` at
+  once (the multiclass margin only moves the two top rows).
 * `rotation_step` (the paper's comparison): the target features
   `f'_n = f_n + delta ((u . f_n) v - (v . f_n) u)`, with `u` and `v` the unit-normalised rows
   of the *true class* `y_n` of `w_train` (the SVM fitted on the clean training features)
@@ -230,11 +228,8 @@ def sign_step_momentum(feature_fn: FeatureFn, params: Any, x_uint8: np.ndarray, 
   against `sign(v)`. Plain iterated sign steps flip about half of the pixels back on the
   second step (the sign of the gradient at the moved image is nearly independent of the
   first one), so L_inf grows with k while the mean change does not; the accumulated
-  direction keeps moving the same pixels the same way. Measured on the embedded mini
-  CIFAR-10 (EfficientNet-Lite0 at 32x32, JAX SVM, 250 public test images; public accuracy,
-  clean 31.2%): plain 66.0 / 70.8 / 71.2% after k = 1, 2, 3; momentum 1.0: 66.0 / 74.0 / 75.6%.
-  Full CIFAR-10 at 64x64 (README): plain 88.18 / 86.60 / 86.78%, momentum 1.0 88.18 / 87.60 /
-  88.62% (clean 69.26%).
+  direction keeps moving the same pixels the same way (the public-accuracy gain it brings at
+  k >= 2 is in docs/results/passeurs.md).
   With `momentum=0` it is exactly `sign_step` (the normalisation keeps the sign).
 
   Args:

@@ -26,15 +26,10 @@ the squared hinge. `fit_liblinear` fits the same SVM with the reference LIBLINEA
 
 Which solver: Newton's cost is a full pass over the features per CG iteration, whatever the
 number of margin violators; dual CD's cost is per visited sample, and shrinking leaves only the
-samples at the margin active, but its epochs grow when many samples stay free. Measured on
-CNN-like `bench/svm.py` features (1,280-d, 10 classes, 2-core CPU, tol defaults unless noted):
-non-separable 20,000 rows, Newton 2.6 s (LIBLINEAR `-s 2 -e 1e-4`: 12.6 s); nearly separable
-10,000 rows (98% train accuracy), Newton 3.8 s at the objective of LIBLINEAR `-s 1` (9.4 s),
-dual CD 18 s at tol = 0.1 and out of epochs at 1e-3; separable 5,000 rows with a wide margin
-(features x 3), dual CD 3.5 s at tol = 0.1 (LIBLINEAR `-s 1`: 2.1 s, same objective), 9.3 s at
-1e-3 (P minimal), while Newton's gradient rule stops 6% above the minimum in 3.1 s and needs
-tol = 1e-4 and 9-15 s for 0.8%. So: Newton by default; `solver="dual_cd"` when the features are
-separable with few margin violators (check `info.converged`, and compare objectives).
+samples at the margin active, but its epochs grow when many samples stay free (timings on
+CNN-like features: docs/results/svm.md). So: Newton by default; `solver="dual_cd"` when the
+features are separable with few margin violators (check `info.converged`, and compare
+objectives).
 
 Example:
   params = svm.fit(features, labels)                  # LIBLINEAR -s 1 -c 1 -B -1

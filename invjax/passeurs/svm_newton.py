@@ -300,10 +300,8 @@ def newton_squared_hinge(xb, valid, yb, w0, b0, *, c, fit_bias, eps, max_iter,
       et al. 2018): with Q_j = g.s_j + 0.5 s_j.H s_j the quadratic model at the j-th CG iterate,
       stop when j (Q_j - Q_{j-1}) >= min(cg_eps, sqrt(||g||_{M^-1})) Q_j. "residual" (TRON,
       LIBLINEAR < 2.40, this solver's former rule): ||H s + g|| <= cg_eps ||g||.
-      Measured (10 classes, eps = 1e-3, 2-core CPU): on a separable 5,000 x 1,280 problem the
-      LIBLINEAR setting took 2.9 s vs 9.2 s for "residual"/0.1/Jacobi, at the same objective
-      (77.19 vs 78.55); on a non-separable 20,000 x 1,280 one 6.2 vs 7.0 s (P equal to 3e-5).
-      At eps = 1e-4 the quadratic rule's inexact steps stall more often in float32.
+      The LIBLINEAR setting is the faster at the same objective (docs/results/svm.md). At
+      eps = 1e-4 the quadratic rule's inexact steps stall more often in float32.
     cg_eps: the CG tolerance of `cg_rule` (LIBLINEAR's eps_cg = 0.5; 0.1 suits "residual").
     precond_mix: the preconditioner is M = (1 - precond_mix) + precond_mix * diag(H), diag(H) =
       1 + 2C sum_{i active} x_i^2; LIBLINEAR uses 0.01 (default), 1.0 is plain Jacobi.

@@ -9,12 +9,10 @@ r"""Passeurs: full CIFAR-10 by default, the embedded mini CIFAR-10 with `:smoke`
 Full (50,000 train; test 0-4999 public, 5000-9999 private; `--data_dir=''` loads
 tensorflow-datasets' cifar10): EfficientNet-Lite0 features at 64x64, invjax's JAX SVM (LIBLINEAR
 `-s 1 -c 1` defaults), 3 sign-gradient steps (L_inf <= 3/255), audit with 8 random splits.
-Public / private accuracy: clean 69.26 / 68.28%, k=1 88.74 / 62.52%, k=2 89.30 / 60.12%,
-k=3 89.72 / 58.88% (published: 75% clean, 86% after one step, 92% after three); the audit flags
-k=3, not clean. With `--config.sign_momentum=1.0`: k=2 89.80 / 59.86%, k=3 91.00 / 59.16%.
-With `--config.resolution=32 --config.svm_backend=liblinear`: clean 50.90 / 49.04%,
-k=1 62.46 / 45.40%, k=2 62.88 / 43.80%, k=3 63.60 / 42.44%; the audit flags the k=3 set, not
-the clean one. `--config.resolution=224` is the ImageNet input size (a GPU run).
+Variants: `--config.sign_momentum=1.0`; `--config.resolution=32 --config.svm_backend=liblinear`;
+`--config.resolution=224` is the ImageNet input size (a GPU run). The measured public / private
+accuracies of each are in docs/results/passeurs.md (published: 75% clean, 86% after one step,
+92% after three).
 
 Smoke (1,000 train, 250 + 250 test, a 2-core CPU): EfficientNet-Lite0 features at 32x32 (native
 CIFAR resolution), 2 sign-gradient steps (L_inf <= 2/255) and a 4-split audit. The public
@@ -23,12 +21,12 @@ numbers); the audit flags the poisoned set, not the clean one.
 """
 import ml_collections
 
+from launch.configs import parse_arg
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """The full CIFAR-10 config; `arg="smoke"`: the mini CIFAR-10 smoke run."""
-  if arg not in ("", "smoke"):
-    raise ValueError(f"launch/configs/passeurs.py takes '' or 'smoke', got {arg!r}")
-  smoke = arg == "smoke"
+  smoke = parse_arg(arg, smoke=False).smoke
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.dataset = "cifar10_mini" if smoke else "cifar10"

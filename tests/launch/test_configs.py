@@ -23,6 +23,7 @@ VARIANTS = {
     "classifier": {"model=iresnet": "smoke", "model=irevnet": "smoke", "model=glow": "smoke"},
     "attack": {"model=iresnet": "smoke", "model=irevnet": "smoke", "model=glow": "smoke"},
     "distill": {"": "smoke", "cpu": "smoke", "cpu,jacobian": "smoke"},
+    "passeurs": {"": "smoke"},
 }
 FULL = sorted((name, arg) for name, args in VARIANTS.items() for arg in args)
 # Alias file -> (experiment file, arg).
@@ -34,6 +35,7 @@ ALIASES = {
     "distill_smoke": ("distill", "smoke"), "distill_cifar10": ("distill", ""),
     "distill_cifar10_cpu": ("distill", "cpu"),
     "distill_cifar10_cpu_jacobian": ("distill", "cpu,jacobian"),
+    "passeurs_smoke": ("passeurs", "smoke"), "passeurs_cifar10": ("passeurs", ""),
 }
 # Sub-trees passed on as a model's constructor arguments: their keys depend on the model.
 MODEL_SUBTREES = ("model", "kwargs")

@@ -1,0 +1,68 @@
+"""attacks.suite: rows agree with direct calls of the attacks, thresholding is honest, and bad
+names / norms / epsilons are refused before any work."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from invjax import InvjaxError
+from invjax import data
+from invjax import flows
+from invjax.attacks import gradient
+from invjax.attacks import latent
+from invjax.attacks import report
+from invjax.attacks import suite
+from invjax.flows import classifier as clf_lib
+
+
+@pytest.fixture(scope="module")
+def problem():
+  test = data.load("cifar10_mini", "test")
+  x, y = data.to_float(test.x[:24]), np.asarray(test.y[:24])
+  flow = flows.build("glow", (32, 32, 3), num_levels=1, num_steps=1, hidden=8,
+                     coupling="additive")
+  model = clf_lib.make_classifier(flow, 10, (32, 32, 3), head="slice")
+  key = jax.random.PRNGKey(0)
+  variables = model.init({"params": key, "logdet": key}, x - 0.5)
+  logits = model.apply(variables, x - 0.5)[0]
+  y = np.asarray(jnp.argmax(logits, -1))  # untrained: label the images by its own prediction
+  y[:4] = (y[:4] + 1) % 10  # four it gets wrong
+  return model, variables, x, y
+
+
+def test_rows_match_direct_attack_calls(problem):
+  model, variables, x, y = problem
+  eps = (2 / 255, 8 / 255)
+  options = suite.SuiteOptions(norm="linf", latent_iters=2)
+  out = suite.run_suite(model, variables, x, y, attacks=("fgsm", "latent_closed_form"),
+                        epsilons=eps, options=options, input_offset=-0.5, seed=3)
+  s = out.summary
+  assert s["clean_accuracy"] == pytest.approx(20 / 24)
+  assert s["num_attacked"] == 20
+  rows = {r["attack"]: r for r in s["attacks"]}
+  ctx = suite.make_context(model, variables, input_offset=-0.5, options=options)
+  xa, ya = x[4:], jnp.asarray(y[4:])
+  for e in eps:
+    direct = gradient.fgsm(ctx.logits_fn, xa, ya, key=jax.random.PRNGKey(3), epsilon=e,
+                           norm="linf")
+    assert rows["fgsm"]["success"][str(e)] == pytest.approx(float(np.mean(direct.success)))
+  res = latent.latent_attack(ctx.encode, ctx.decode, ctx.head, xa, ya, method="closed_form",
+                             norm="linf", num_iters=2, num_steps=20, num_candidates=3)
+  ok, dist = np.asarray(res.success), np.asarray(res.linf)
+  for e in eps:  # a minimal-distance attack counts only successes within the budget
+    assert rows["latent_closed_form"]["success"][str(e)] == pytest.approx(
+        float(np.mean(ok & (dist <= e + 1e-7))))
+  assert rows["latent_closed_form"]["success_unbounded"] == pytest.approx(float(ok.mean()))
+  assert "| fgsm |" in report.markdown(s["attacks"], s["epsilons"], s["norm"])
+  assert [stem for stem, _, _ in out.images] == ["grid_fgsm", "grid_latent_closed_form"]
+
+
+@pytest.mark.parametrize("attacks,norm,eps,match", [
+    (("pgd", "deepfool"), "linf", (0.1,), "unknown attack"),
+    (("pgd",), "l1", (0.1,), "norm"),
+    (("pgd",), "linf", (-0.1,), "epsilons"),
+    (("pgd",), "linf", (), "epsilons"),
+])
+def test_validate_refuses_bad_requests(attacks, norm, eps, match):
+  with pytest.raises(InvjaxError, match=match):
+    suite.validate(attacks, norm, eps)
