@@ -59,7 +59,7 @@ def _g_spectral_norm(model, variables, x1):
   """Largest singular value of the dense Jacobian of the first block's g at `x1` [H, W, C]."""
   block = "stage0_block0"
   sub = {k: v[block] for k, v in variables.items()}
-  blk = iresnet.IResNetBlock(**{f: getattr(model, f) for f in iresnet._BLOCK_FIELDS})
+  blk = iresnet.IResNetBlock(**model.block_kwargs())
   g = lambda z: (blk.apply(sub, z.reshape((1,) + x1.shape), method="transform")
                  - z.reshape((1,) + x1.shape)).reshape(-1)
   jac = jax.jit(jax.jacfwd(g))(x1.reshape(-1))
@@ -78,8 +78,9 @@ def inverse_table(x):
     variables = _scale_kernels(variables, FLAGS.kernel_scale)
     variables = converge_spectral_norms(model, variables, x, n_rounds=60, method="transform")
     fwd = jax.jit(lambda vs, v: model.apply(vs, v, method="transform"))
+    # tol 0 runs exactly n iterations on purpose: no ConvergenceWarning (warn=False).
     inv = jax.jit(lambda vs, z, n: model.apply(vs, z, method="inverse_transform", tol=0.0,
-                                               max_iter=n))
+                                               max_iter=n, warn=False))
     z = fwd(variables, x)
     errs, res = [], []
     for n in iters:

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from invjax._src import checks
+from invjax.flows.chain import pixelwise_log_det
 
 
 class ActNorm(nn.Module):
@@ -50,21 +51,16 @@ class ActNorm(nn.Module):
   def _check(self, x, name):
     checks.check_flow_input(self, x, name, rank=(2, 4))
 
-  @staticmethod
-  def _log_det(x, log_scale):
-    pixels = x.shape[1] * x.shape[2] if x.ndim == 4 else 1
-    return jnp.full((x.shape[0],), pixels * jnp.sum(log_scale), jnp.result_type(x))
-
   def __call__(self, x):
     """`x` `[B, H, W, C]` or `[B, C]` -> `(y same shape, log_det [B])`."""
     self._check(x, "x")
     bias, log_scale = self._params(x, data_init=self.is_initializing())
     y = (x + bias) * jnp.exp(log_scale)
-    return y, self._log_det(x, log_scale)
+    return y, pixelwise_log_det(x, jnp.sum(log_scale))
 
   def inverse(self, y):
     """`x = y * exp(-log_scale) - bias`; `log_det_inv = -log_det`, shape `[B]`."""
     self._check(y, "y")
     bias, log_scale = self._params(y, data_init=False)
     x = y * jnp.exp(-log_scale) - bias
-    return x, -self._log_det(y, log_scale)
+    return x, -pixelwise_log_det(y, jnp.sum(log_scale))

@@ -20,7 +20,10 @@ the latent attacks use for closed-form minimal-norm steps.
 
 The flow follows the invjax flow contract (`__call__(x) -> (y, log_det)`,
 `inverse(y) -> (x, log_det_inv)`); its rngs / mutable collections (e.g. i-ResNet's
-`rngs={"logdet": key}`, `mutable=["spectral"]`) pass through `apply`.
+`rngs={"logdet": key}`, `mutable=["spectral"]`) pass through `apply`. The images of
+`apply` / `encode` and the latent of `decode` must be floating point; when they are concrete
+(outside `jit`) and the classifier is the top-level module, a NaN or infinite value raises
+`InvjaxError` (the flow, nested inside, does not check again).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from invjax._src.checks import InvjaxError
+from invjax._src.checks import InvjaxError, check_flow_input
 from invjax.flows.multiscale import bits_per_dim, standard_normal_logpdf
 
 HEADS = ("slice", "pooled", "identity_slice")
@@ -84,6 +87,7 @@ class InvertibleClassifier(nn.Module):
 
   def encode(self, x):
     """x NHWC `[B, H, W, C]` -> flat latent z `[B, D]`."""
+    check_flow_input(self, x, "x")
     z, _ = self.flow(x)
     self._check_latent(z)
     return z.reshape(z.shape[0], -1)
@@ -92,6 +96,7 @@ class InvertibleClassifier(nn.Module):
     """Flat latent z `[B, D]` -> x `[B, H, W, C]` through the flow's inverse."""
     if z.ndim != 2:
       raise InvjaxError(f"decode expects a flat latent z of shape [batch, D], got {z.shape}")
+    check_flow_input(self, z, "z")
     if self.latent_shape is not None:
       if z.shape[1] != self._dim():
         raise InvjaxError(f"z must have {self._dim()} dims (latent_shape "
@@ -125,6 +130,7 @@ class InvertibleClassifier(nn.Module):
 
   def __call__(self, x):
     """x -> (logits [B, C], flat z [B, D], log_det [B])."""
+    check_flow_input(self, x, "x")
     z, log_det = self.flow(x)
     self._check_latent(z)
     return self.logits(z), z.reshape(z.shape[0], -1), log_det

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg
 
 from invjax._src import checks
+from invjax.flows.chain import pixelwise_log_det
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -70,11 +71,6 @@ class Conv1x1(nn.Module):
   def _check(self, x, name):
     checks.check_flow_input(self, x, name, rank=(2, 4))
 
-  @staticmethod
-  def _log_det(x, log_s):
-    pixels = x.shape[1] * x.shape[2] if x.ndim == 4 else 1
-    return jnp.full((x.shape[0],), pixels * jnp.sum(log_s), jnp.result_type(x))
-
   def weight(self, c: int, dtype=jnp.float32):
     """The dense `[C, C]` matrix `W` (`y = W x` per pixel)."""
     l, u, _ = self._factors(c, dtype)
@@ -87,7 +83,7 @@ class Conv1x1(nn.Module):
     l, u, log_s = self._factors(c, jnp.result_type(x))
     w = jnp.matmul(l, u, precision=_HIGHEST)[::-1]
     y = jnp.einsum("...k,ck->...c", x, w, precision=_HIGHEST)
-    return y, self._log_det(x, log_s)
+    return y, pixelwise_log_det(x, jnp.sum(log_s))
 
   def inverse(self, y):
     """`x = U^-1 L^-1 P^T y` per pixel (triangular solves); `log_det_inv = -log_det`."""
@@ -99,4 +95,4 @@ class Conv1x1(nn.Module):
     u_inv = jax.scipy.linalg.solve_triangular(u, eye, lower=False)
     w_inv = jnp.matmul(u_inv, l_inv, precision=_HIGHEST)[:, ::-1]  # (P L U)^-1 = U^-1 L^-1 P^T.
     x = jnp.einsum("...k,ck->...c", y, w_inv, precision=_HIGHEST)
-    return x, -self._log_det(y, log_s)
+    return x, -pixelwise_log_det(y, jnp.sum(log_s))

@@ -10,8 +10,12 @@ output space). By Banach, the distance to the true fixed point is at most
 `residual / (1 - Lip(f))`.
 
 Iteration stops when every example's residual is `<= tol`, after `max_iter` updates, or
-as soon as a residual is NaN/inf (then reported as such). Called eagerly (not under
-`jit`), a warning is logged when `max_iter` is hit without reaching `tol`;
+as soon as a residual is NaN/inf (then reported as such). When it stops above `tol`, a
+`ConvergenceWarning` (a `RuntimeWarning`) names the residual, the tolerance and the iterations:
+directly when called eagerly (which also logs it), and from inside compiled code through
+`jax.debug.callback` under `jax.jit` (emitted when the program runs; `jax.effects_barrier()`
+waits for it). `warn=False` turns it off and compiles no callback; Python's warning filters
+(`warnings.simplefilter("ignore", ConvergenceWarning)`, or `"error"`) apply as usual.
 `check_converged` turns a failure into a `ConvergenceError` that states the residual.
 
 `fixed_point` itself is not reverse-differentiable (a `while_loop`). `fixed_point_implicit`
@@ -26,6 +30,7 @@ iteration per derivative.
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional
+import warnings
 
 from absl import logging
 import jax
@@ -49,6 +54,24 @@ class FixedPointInfo(NamedTuple):
   iterations: Array
 
 
+class ConvergenceWarning(RuntimeWarning):
+  """A fixed-point iteration stopped with a residual above its tolerance."""
+
+
+def _unconverged_message(worst: float, iterations: int, max_iter: int, tol: float) -> str:
+  return (f"fixed_point: stopped after {iterations} iterations (max_iter={max_iter}) with max "
+          f"residual {worst:.3g} > tol {tol:.3g}; the map may not be a contraction (stale "
+          "spectral norm?) or needs more iterations")
+
+
+def _warn_unconverged(worst, iterations, max_iter, tol) -> None:
+  """Host side of the check: a `ConvergenceWarning` unless `worst <= tol` (NaN/inf warn)."""
+  worst, tol = float(worst), float(tol)
+  if not worst <= tol:
+    warnings.warn(_unconverged_message(worst, int(iterations), int(max_iter), tol),
+                  ConvergenceWarning, stacklevel=2)
+
+
 def _batch_max_abs(d: Array) -> Array:
   return jnp.max(jnp.abs(d.reshape(d.shape[0], -1)), axis=1)
 
@@ -59,7 +82,7 @@ def _all_done(res: Array, tol) -> Array:
 
 
 def fixed_point(f: Callable[[Array], Array], x0: Array, *, tol: float = 1e-5,
-                max_iter: int = 100) -> tuple[Array, FixedPointInfo]:
+                max_iter: int = 100, warn: bool = True) -> tuple[Array, FixedPointInfo]:
   """Iterates `x <- f(x)` from `x0` until `max |f(x) - x| <= tol` for every example.
 
   Args:
@@ -68,6 +91,8 @@ def fixed_point(f: Callable[[Array], Array], x0: Array, *, tol: float = 1e-5,
     x0: `[batch, ...]` starting point (for the i-ResNet inverse, `y`).
     tol: per-example tolerance on the max-abs residual `|f(x) - x|`.
     max_iter: maximum number of updates (a Python int or a traced integer).
+    warn: issue a `ConvergenceWarning` when the iteration stops above `tol`, eagerly or (through
+      `jax.debug.callback`) under `jit`; False: no warning and no callback.
 
   Returns:
     `(x, info)`: `x` has the shape of `x0`; `info` is a `FixedPointInfo` with the
@@ -98,13 +123,15 @@ def fixed_point(f: Callable[[Array], Array], x0: Array, *, tol: float = 1e-5,
   init = (jnp.zeros((), jnp.int32), x0, fx0, _batch_max_abs(fx0 - x0))
   k, x, _, res = lax.while_loop(cond, body, init)
   info = FixedPointInfo(residual=res, iterations=k)
+  worst = jnp.max(jnp.where(jnp.isfinite(res), res, jnp.inf), initial=0.0)
   if checks.is_concrete(res):
-    worst = float(jnp.max(jnp.where(jnp.isfinite(res), res, jnp.inf)))
-    if not worst <= tol:
-      logging.warning(
-          "fixed_point: stopped after %d iterations (max_iter=%d) with max residual %.3g > "
-          "tol %.3g; the map may not be a contraction (stale spectral norm?) or needs more "
-          "iterations", int(k), int(np.asarray(max_iter)), worst, tol)
+    if not float(worst) <= tol:
+      logging.warning("%s", _unconverged_message(float(worst), int(k), int(np.asarray(max_iter)),
+                                                 float(tol)))
+    if warn:
+      _warn_unconverged(worst, k, np.asarray(max_iter), tol)
+  elif warn:
+    jax.debug.callback(_warn_unconverged, worst, k, max_iter, tol)
   return x, info
 
 
@@ -132,8 +159,8 @@ def _linear_fixed_point(apply_j: Callable[[Array], Array], b: Array, tol: float,
 
 def fixed_point_implicit(f: Callable[[Any, Array], Array], params: Any, x0: Array, *,
                          tol: float = 1e-5, max_iter: int = 100,
-                         grad_tol: float = 1e-6, grad_max_iter: Optional[int] = None
-                         ) -> tuple[Array, FixedPointInfo]:
+                         grad_tol: float = 1e-6, grad_max_iter: Optional[int] = None,
+                         warn: bool = True) -> tuple[Array, FixedPointInfo]:
   """`fixed_point` of `x <- f(params, x)`, differentiable in `params` (implicit function theorem).
 
   The forward solve is exactly `fixed_point(lambda x: f(params, x), x0)` (so `info` is
@@ -147,7 +174,7 @@ def fixed_point_implicit(f: Callable[[Any, Array], Array], params: Any, x0: Arra
     f: `f(params, x) -> x`, batch-first, examples independent, a contraction in `x`.
     params: pytree of the differentiable inputs of `f`.
     x0: `[batch, ...]` starting point.
-    tol, max_iter: of the forward iteration (as in `fixed_point`).
+    tol, max_iter, warn: of the forward iteration (as in `fixed_point`).
     grad_tol: relative tolerance of the derivative iterations (per example, on the change
       of the iterate, relative to `max(1, max |right-hand side|)`).
     grad_max_iter: cap of the derivative iterations (default: `max_iter`; a Python int).
@@ -159,7 +186,7 @@ def fixed_point_implicit(f: Callable[[Any, Array], Array], params: Any, x0: Arra
   grad_iters = int(max_iter if grad_max_iter is None else grad_max_iter)
   frozen = lax.stop_gradient(params)
   x_star, info = fixed_point(lambda x: f(frozen, x), lax.stop_gradient(x0), tol=tol,
-                             max_iter=max_iter)
+                             max_iter=max_iter, warn=warn)
   x_star = lax.stop_gradient(x_star)
 
   def apply_j(v):  # (df/dx) v at x*

@@ -13,7 +13,9 @@ operator norm `<= coeff < 1`) separated by 1-Lipschitz activations (LipSwish or 
   stopping at `inverse_tol` (max-abs of `y - (x + g(x))`) or `inverse_max_iter`. The residual
   is sown into the collection `"diagnostics"` (`inverse_residual` `[batch]`,
   `inverse_iterations`) and returned by `inverse_with_info`; check it with
-  `invjax.flows.fixed_point.check_converged`. The inverse is differentiable in `y` and in
+  `invjax.flows.fixed_point.check_converged`. An inverse that stops above `inverse_tol` issues a
+  `ConvergenceWarning` naming the residual, also under `jax.jit` (`inverse_warn=False`, or
+  `warn=False` per call, turns it off). The inverse is differentiable in `y` and in
   the weights, forward and reverse mode, by the implicit function theorem
   (`fixed_point_implicit`: `dx = (I + J_g(x))^{-1} (dy - dg)`, not by unrolling the loop).
 
@@ -32,7 +34,8 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+import dataclasses
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -55,13 +58,16 @@ DIAGNOSTICS = "diagnostics"
 LOGDET_RNG = "logdet"
 
 
-class ResidualNet(nn.Module):
-  """The residual branch `g`: spectrally normalised layers with 1-Lipschitz activations between.
+class BranchSettings(nn.Module):
+  """The settings of the residual branch `g` (`ResidualNet`), shared by the block settings.
 
-  `kind="conv"`: convolutions with kernel sizes `kernel_sizes` (default 3-1-3 as in the
-  references), `hidden` channels inside, output channels = input channels. `kind="dense"`:
-  `len(kernel_sizes)` dense layers of width `hidden` (kernel sizes ignored) on `[batch, d]`.
-  `Lip(g) <= coeff ** len(kernel_sizes)`.
+  Attributes:
+    hidden: width of `g`.
+    kind: `"conv"` (NHWC input) or `"dense"` (`[batch, d]` input).
+    kernel_sizes: conv kernel sizes of `g`'s layers (their count is the depth of `g`).
+    coeff: spectral-norm coefficient per layer, in (0, 1).
+    activation: `"lipswish"` or `"elu"`.
+    n_power_iterations: power iterations per training call; n_init_power_iterations: at init.
   """
   hidden: int = 32
   kind: str = "conv"
@@ -70,6 +76,16 @@ class ResidualNet(nn.Module):
   activation: str = "lipswish"
   n_power_iterations: int = 5
   n_init_power_iterations: int = 50
+
+
+class ResidualNet(BranchSettings):
+  """The residual branch `g`: spectrally normalised layers with 1-Lipschitz activations between.
+
+  `kind="conv"`: convolutions with kernel sizes `kernel_sizes` (default 3-1-3 as in the
+  references), `hidden` channels inside, output channels = input channels. `kind="dense"`:
+  `len(kernel_sizes)` dense layers of width `hidden` (kernel sizes ignored) on `[batch, d]`.
+  `Lip(g) <= coeff ** len(kernel_sizes)`.
+  """
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -88,30 +104,24 @@ class ResidualNet(nn.Module):
     return h
 
 
-class IResNetBlock(nn.Module):
-  """Invertible residual block `y = x + g(x)` (see module docstring).
+class BlockSettings(BranchSettings):
+  """The settings of an i-ResNet block, declared once for `IResNetBlock` and `IResNet`.
+
+  `IResNetBlock` and `IResNet` both extend it, so an `IResNet` carries the settings its every
+  block is built with (`block_kwargs()`), next to its own `stages`.
 
   Attributes:
-    hidden: width of `g`.
-    kind: `"conv"` (NHWC input) or `"dense"` (`[batch, d]` input).
-    kernel_sizes: conv kernel sizes of `g`'s layers (their count is the depth of `g`).
-    coeff: spectral-norm coefficient per layer, in (0, 1).
-    activation: `"lipswish"` or `"elu"`.
-    n_power_iterations: power iterations per training call; n_init_power_iterations: at init.
+    hidden, kind, kernel_sizes, coeff, activation, n_power_iterations,
+      n_init_power_iterations: of the residual branch `g` (`BranchSettings`).
     logdet: `"exact"`, `"power_series"`, `"russian_roulette"` or `"none"`.
     n_terms: power-series terms. n_samples: Hutchinson probes. noise: `"gaussian"`/`"rademacher"`.
     n_exact_terms, distribution, lam, p, max_terms: Russian-roulette settings.
     neumann_grad: Neumann-series (memory-efficient) log-det gradient for the estimates.
     exact_max_dim: largest per-example size accepted by `logdet="exact"`.
     inverse_tol, inverse_max_iter: fixed-point inverse stopping rule.
+    inverse_warn: warn (`invjax.flows.fixed_point.ConvergenceWarning`, also under `jax.jit`)
+      when a fixed-point inverse stops above `inverse_tol`; False compiles no check.
   """
-  hidden: int = 32
-  kind: str = "conv"
-  kernel_sizes: Sequence[int] = (3, 1, 3)
-  coeff: float = 0.9
-  activation: str = "lipswish"
-  n_power_iterations: int = 5
-  n_init_power_iterations: int = 50
   logdet: str = "power_series"
   n_terms: int = 5
   n_samples: int = 1
@@ -125,6 +135,33 @@ class IResNetBlock(nn.Module):
   exact_max_dim: int = 4096
   inverse_tol: float = 1e-5
   inverse_max_iter: int = 100
+  inverse_warn: bool = True
+
+  def block_kwargs(self) -> Dict[str, Any]:
+    """These settings as `IResNetBlock` keyword arguments (`IResNetBlock(**m.block_kwargs())`)."""
+    kw = {f: getattr(self, f) for f in BLOCK_FIELDS}
+    kw["kernel_sizes"] = tuple(kw["kernel_sizes"])
+    return kw
+
+  def _check_input(self, x, name):
+    checks.check_flow_input(self, x, name, rank=4 if self.kind == "conv" else 2)
+
+
+def _settings(cls) -> Tuple[str, ...]:
+  """The attribute names of a settings class (its dataclass fields but Flax's parent and name)."""
+  return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name"))
+
+
+BRANCH_FIELDS = _settings(BranchSettings)
+BLOCK_FIELDS = _settings(BlockSettings)
+
+
+class IResNetBlock(BlockSettings):
+  """Invertible residual block `y = x + g(x)` (see module docstring; settings: `BlockSettings`).
+
+  Applied as the top-level module (not inside an `IResNet`), it also checks that concrete
+  inputs are finite.
+  """
 
   def setup(self):
     check_coeff(self.coeff)
@@ -134,19 +171,11 @@ class IResNetBlock(nn.Module):
       raise checks.InvjaxError(f"logdet must be one of {LOGDETS}, got {self.logdet!r}")
     if len(self.kernel_sizes) < 1:
       raise checks.InvjaxError("kernel_sizes must name at least one layer")
-    self.g = ResidualNet(hidden=self.hidden, kind=self.kind, kernel_sizes=tuple(self.kernel_sizes),
-                         coeff=self.coeff, activation=self.activation,
-                         n_power_iterations=self.n_power_iterations,
-                         n_init_power_iterations=self.n_init_power_iterations)
+    self.g = ResidualNet(**{f: v for f, v in self.block_kwargs().items() if f in BRANCH_FIELDS})
 
   # --- helpers -------------------------------------------------------------------------------
-  def lipschitz_g(self) -> float:
-    """Nominal bound on `Lip(g)`: `coeff ** n_layers` (exact once spectral norms converged)."""
-    return float(self.coeff) ** len(self.kernel_sizes)
-
   def _check_input(self, x, name):
-    checks.check_rank(x, 4 if self.kind == "conv" else 2, name)
-    checks.check_floating(x, name)
+    super()._check_input(x, name)
     if self.logdet == "exact" and np.prod(x.shape[1:]) > self.exact_max_dim:
       raise checks.InvjaxError(
           f"logdet='exact' needs the dense Jacobian of each example of shape {tuple(x.shape[1:])}"
@@ -197,11 +226,12 @@ class IResNetBlock(nn.Module):
     return x + self.g(x)
 
   def inverse_transform(self, y: Array, *, tol: Optional[float] = None,
-                        max_iter: Optional[Any] = None) -> Tuple[Array, FixedPointInfo]:
+                        max_iter: Optional[Any] = None, warn: Optional[bool] = None
+                        ) -> Tuple[Array, FixedPointInfo]:
     """Fixed-point inverse without the log-det: `(x, FixedPointInfo)`; sows the residual.
 
-    `tol` / `max_iter` override `inverse_tol` / `inverse_max_iter` (`max_iter` may be a traced
-    integer, e.g. to sweep it under one `jit`).
+    `tol` / `max_iter` / `warn` override `inverse_tol` / `inverse_max_iter` / `inverse_warn`
+    (`max_iter` may be a traced integer, e.g. to sweep it under one `jit`).
     """
     self._check_input(y, "y")
     _, g_fn, g_vars = self._g_pure(y)
@@ -209,7 +239,7 @@ class IResNetBlock(nn.Module):
         lambda p, z: p[1] - g_fn(p[0], z), (g_vars, y), y,
         tol=self.inverse_tol if tol is None else tol,
         max_iter=self.inverse_max_iter if max_iter is None else max_iter,
-        grad_max_iter=self.inverse_max_iter)
+        grad_max_iter=self.inverse_max_iter, warn=self.inverse_warn if warn is None else warn)
     self.sow(DIAGNOSTICS, "inverse_residual", info.residual)
     self.sow(DIAGNOSTICS, "inverse_iterations", info.iterations)
     return x, info
@@ -226,41 +256,15 @@ class IResNetBlock(nn.Module):
     return x, log_det_inv
 
 
-_BLOCK_FIELDS = ("hidden", "kind", "kernel_sizes", "coeff", "activation", "n_power_iterations",
-                 "n_init_power_iterations", "logdet", "n_terms", "n_samples", "noise",
-                 "n_exact_terms", "distribution", "lam", "p", "max_terms", "neumann_grad",
-                 "exact_max_dim", "inverse_tol", "inverse_max_iter")
-
-
-class IResNet(nn.Module):
+class IResNet(BlockSettings):
   """A stack of `IResNetBlock`s; `stages[i]` blocks in stage `i`, squeeze between stages.
 
   For `kind="conv"`, inputs are NHWC with height and width divisible by
   `2 ** (len(stages) - 1)`; each squeeze maps `[B, H, W, C] -> [B, H/2, W/2, 4C]` (log-det 0).
   For `kind="dense"`, inputs are `[batch, d]` and `stages` must have one entry.
-  The other attributes are those of `IResNetBlock`, shared by every block.
+  The other attributes are the `BlockSettings`, shared by every block.
   """
   stages: Sequence[int] = (2, 2)
-  hidden: int = 32
-  kind: str = "conv"
-  kernel_sizes: Sequence[int] = (3, 1, 3)
-  coeff: float = 0.9
-  activation: str = "lipswish"
-  n_power_iterations: int = 5
-  n_init_power_iterations: int = 50
-  logdet: str = "power_series"
-  n_terms: int = 5
-  n_samples: int = 1
-  noise: str = "gaussian"
-  n_exact_terms: int = 2
-  distribution: str = "poisson"
-  lam: float = 2.0
-  p: float = 0.5
-  max_terms: int = 40
-  neumann_grad: bool = True
-  exact_max_dim: int = 4096
-  inverse_tol: float = 1e-5
-  inverse_max_iter: int = 100
 
   def setup(self):
     check_coeff(self.coeff)
@@ -270,9 +274,7 @@ class IResNet(nn.Module):
     if self.kind == "dense" and len(self.stages) != 1:
       raise checks.InvjaxError(
           f"kind='dense' has no squeeze between stages: use one stage, got {tuple(self.stages)}")
-    kw = {f: getattr(self, f) for f in _BLOCK_FIELDS}
-    kw["kernel_sizes"] = tuple(kw["kernel_sizes"])
-    self.blocks = [IResNetBlock(**kw, name=f"stage{s}_block{b}")
+    self.blocks = [IResNetBlock(**self.block_kwargs(), name=f"stage{s}_block{b}")
                    for s, n in enumerate(self.stages) for b in range(int(n))]
 
   def _plan(self):
@@ -284,12 +286,6 @@ class IResNet(nn.Module):
       for _ in range(int(n)):
         yield "block", i
         i += 1
-
-  def _check_input(self, x, name):
-    checks.check_rank(x, 4 if self.kind == "conv" else 2, name)
-    checks.check_floating(x, name)
-    if not isinstance(self.parent, nn.Module):
-      checks.check_finite(x, name)
 
   def lipschitz_bounds(self) -> Tuple[float, float]:
     """Upper bounds `(Lip(F), Lip(F^{-1})) = (prod_i (1 + c_i), prod_i 1 / (1 - c_i))`.
@@ -323,11 +319,12 @@ class IResNet(nn.Module):
     return x
 
   def inverse_transform(self, z: Array, *, tol: Optional[float] = None,
-                        max_iter: Optional[Any] = None
+                        max_iter: Optional[Any] = None, warn: Optional[bool] = None
                         ) -> Tuple[Array, Tuple[FixedPointInfo, ...]]:
     """Inverse without log-dets: `(x, per-block FixedPointInfo in forward block order)`.
 
-    `tol` / `max_iter` override the blocks' `inverse_tol` / `inverse_max_iter`.
+    `tol` / `max_iter` / `warn` override the blocks' `inverse_tol` / `inverse_max_iter` /
+    `inverse_warn`.
     """
     self._check_input(z, "z")
     infos = {}
@@ -335,7 +332,8 @@ class IResNet(nn.Module):
       if op == "squeeze":
         z = unsqueeze2d(z)
       else:
-        z, infos[i] = self.blocks[i].inverse_transform(z, tol=tol, max_iter=max_iter)
+        z, infos[i] = self.blocks[i].inverse_transform(z, tol=tol, max_iter=max_iter,
+                                                         warn=warn)
     return z, tuple(infos[i] for i in sorted(infos))
 
   def inverse_with_info(self, z: Array) -> Tuple[Array, Array, Tuple[FixedPointInfo, ...]]:
@@ -366,9 +364,10 @@ def smoke_config() -> ml_collections.ConfigDict:
 
 
 def from_config(config: Any) -> IResNet:
-  """`IResNet(**config)` from a dict / ConfigDict of `IResNet` attributes."""
+  """`IResNet(**config)` from a flat dict / ConfigDict of `IResNet` attributes (`stages` and
+  the `BlockSettings`)."""
   cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  unknown = set(cfg) - set(_BLOCK_FIELDS) - {"stages"}
+  unknown = set(cfg) - set(BLOCK_FIELDS) - {"stages"}
   if unknown:
     raise checks.InvjaxError(f"unknown IResNet config field(s) {sorted(unknown)}")
   for f in ("stages", "kernel_sizes"):

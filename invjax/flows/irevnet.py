@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from invjax._src import checks
 from invjax._src import conv
+from invjax.flows.chain import apply_layers, invert_layers
 from invjax.flows.squeeze import squeeze2d, unsqueeze2d
 
 
@@ -119,19 +120,12 @@ class IRevNet(nn.Module):
     if self.init_squeeze:
       x = squeeze2d(x)
     _check_even_channels(x, "x (after the initial squeeze)" if self.init_squeeze else "x")
-    total = jnp.zeros((x.shape[0],), jnp.result_type(x))
-    for block in self.blocks:
-      x, log_det = block(x)
-      total = total + log_det
-    return x, total
+    return apply_layers(self.blocks, x)
 
   def inverse(self, z):
     """`z` -> `(x, zeros [B])`, the exact inverse of `__call__`."""
     self._check(z, "z")
-    total = jnp.zeros((z.shape[0],), jnp.result_type(z))
-    for block in reversed(self.blocks):
-      z, log_det = block.inverse(z)
-      total = total + log_det
+    z, total = invert_layers(self.blocks, z)
     if self.init_squeeze:
       z = unsqueeze2d(z)
     return z, total

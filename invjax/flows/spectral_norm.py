@@ -26,6 +26,7 @@ more iterations (e.g. before evaluating, inverting or certifying a trained model
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
@@ -79,8 +80,17 @@ def power_iteration(matvec: Callable[[Array], Array], rmatvec: Callable[[Array],
   return v, jnp.sqrt(jnp.sum(u * u))
 
 
-class _SpectralMixin:
-  """Shared power-iteration bookkeeping of `SpectralDense` and `SpectralConv`."""
+class _SpectralLayer(nn.Module):
+  """What `SpectralDense` and `SpectralConv` share: their settings (keyword-only but `features`),
+  the power-iteration bookkeeping and the normalised kernel + bias."""
+  features: int
+  _: dataclasses.KW_ONLY
+  coeff: float = 0.9
+  n_power_iterations: int = 5
+  n_init_power_iterations: int = 50
+  use_bias: bool = True
+  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
+  bias_init: Callable[..., Any] = nn.initializers.zeros
 
   def _normalise(self, kernel: Array, apply_fn: Callable[[Array, Array], Array],
                  v_shape: Tuple[int, ...]) -> Array:
@@ -118,8 +128,20 @@ class _SpectralMixin:
       sigma_var.value = lax.stop_gradient(sigma)
     return kernel / jnp.maximum(1.0, sigma / self.coeff)
 
+  def _apply_normalised(self, x: Array, kernel_shape: Tuple[int, ...],
+                        apply_fn: Callable[[Array, Array], Array],
+                        v_shape: Tuple[int, ...]) -> Array:
+    """`apply_fn(x, W_sn) (+ bias)` with the kernel `W` of shape `kernel_shape` normalised on
+    inputs of shape `v_shape` (see `_normalise`)."""
+    kernel = self.param("kernel", self.kernel_init, kernel_shape, x.dtype)
+    kernel = self._normalise(kernel, apply_fn, v_shape)
+    y = apply_fn(x, kernel)
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,), x.dtype)
+    return y
 
-class SpectralDense(nn.Module, _SpectralMixin):
+
+class SpectralDense(_SpectralLayer):
   """Dense layer `y = x @ W_sn + b` with `||W_sn||_2 <= coeff` (see module docstring).
 
   Attributes:
@@ -128,25 +150,16 @@ class SpectralDense(nn.Module, _SpectralMixin):
     n_power_iterations: power iterations per call while `"spectral"` is mutable.
     n_init_power_iterations: power iterations at `init`.
     use_bias: add a bias (does not change the Lipschitz constant).
+    kernel_init, bias_init: initialisers of the (unnormalised) kernel and of the bias.
+  All but `features` are keyword-only.
   """
-  features: int
-  coeff: float = 0.9
-  n_power_iterations: int = 5
-  n_init_power_iterations: int = 50
-  use_bias: bool = True
-  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
-  bias_init: Callable[..., Any] = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """`x`: `[..., in_features]` -> `[..., features]`."""
     check_coeff(self.coeff)
-    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), x.dtype)
-    kernel = self._normalise(kernel, lambda v, k: v @ k, (x.shape[-1],))
-    y = x @ kernel
-    if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,), x.dtype)
-    return y
+    return self._apply_normalised(x, (x.shape[-1], self.features), lambda v, k: v @ k,
+                                  (x.shape[-1],))
 
 
 def _conv(x: Array, kernel: Array, strides: Tuple[int, int], padding) -> Array:
@@ -154,7 +167,7 @@ def _conv(x: Array, kernel: Array, strides: Tuple[int, int], padding) -> Array:
                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-class SpectralConv(nn.Module, _SpectralMixin):
+class SpectralConv(_SpectralLayer):
   """2-D convolution (NHWC) whose *operator* norm on the input shape is <= `coeff`.
 
   The operator is the linear map `x -> conv(x, W)` on one example of shape
@@ -167,18 +180,12 @@ class SpectralConv(nn.Module, _SpectralMixin):
     kernel_size: `(kh, kw)` or an int.
     strides: `(sh, sw)` or an int.
     padding: `"SAME"`, `"VALID"` or explicit pairs, as in `lax.conv_general_dilated`.
-    coeff, n_power_iterations, n_init_power_iterations, use_bias: as in `SpectralDense`.
+    coeff, n_power_iterations, n_init_power_iterations, use_bias, kernel_init, bias_init: as in
+      `SpectralDense` (keyword-only).
   """
-  features: int
   kernel_size: Union[int, Sequence[int]] = (3, 3)
   strides: Union[int, Sequence[int]] = (1, 1)
   padding: Any = "SAME"
-  coeff: float = 0.9
-  n_power_iterations: int = 5
-  n_init_power_iterations: int = 50
-  use_bias: bool = True
-  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
-  bias_init: Callable[..., Any] = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -187,13 +194,9 @@ class SpectralConv(nn.Module, _SpectralMixin):
     checks.check_rank(x, 4, "x")
     ks = (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
     st = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
-    kernel = self.param("kernel", self.kernel_init, ks + (x.shape[-1], self.features), x.dtype)
-    conv1 = lambda v, k: _conv(v, k, st, self.padding)
-    kernel = self._normalise(kernel, conv1, (1,) + tuple(x.shape[1:]))
-    y = _conv(x, kernel, st, self.padding)
-    if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,), x.dtype)
-    return y
+    return self._apply_normalised(x, ks + (x.shape[-1], self.features),
+                                  lambda v, k: _conv(v, k, st, self.padding),
+                                  (1,) + tuple(x.shape[1:]))
 
 
 def converge_spectral_norms(model: nn.Module, variables, *args, n_rounds: int = 20,

@@ -1,2 +1,22 @@
 """Non-invertible networks: CIFAR-10 teachers (`cnn`) and the frozen ImageNet
-EfficientNet-Lite0 feature extractor (`efficientnet`, weights via `efficientnet_convert`)."""
+EfficientNet-Lite0 feature extractor (`efficientnet`, weights via `efficientnet_convert`,
+convolutions in `tf_conv`)."""
+from invjax.nets import cnn
+from invjax.nets import efficientnet
+from invjax.nets import efficientnet_convert
+from invjax.nets import tf_conv
+from invjax.nets.cnn import ResNet18, SmallCNN, make_teacher
+from invjax.nets.efficientnet import EfficientNetLite0
+from invjax.nets.efficientnet_convert import load_pretrained
+
+__all__ = [
+    "EfficientNetLite0",
+    "ResNet18",
+    "SmallCNN",
+    "cnn",
+    "efficientnet",
+    "efficientnet_convert",
+    "load_pretrained",
+    "make_teacher",
+    "tf_conv",
+]

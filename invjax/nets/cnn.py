@@ -50,7 +50,7 @@ def max_pool_2x2(h: jax.Array) -> jax.Array:
 
   Same values as `nn.max_pool(h, (2, 2), strides=(2, 2))`; its gradient is an elementwise
   mask instead of XLA's SelectAndScatter, which makes an input-gradient step of `SmallCNN`
-  ~20% faster on CPU (attacks differentiate through it at every step).
+  faster on CPU (attacks differentiate through it at every step).
   """
   b, height, width, c = h.shape
   return jnp.max(h.reshape(b, height // 2, 2, width // 2, 2, c), axis=(2, 4))

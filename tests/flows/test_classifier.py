@@ -13,6 +13,8 @@ from invjax._src.checks import InvjaxError
 from invjax.flows.chain import Chain
 from invjax.flows.classifier import (InvertibleClassifier, cross_entropy, hybrid_loss,
                                      latent_shape_of, make_classifier, nll_bits_per_dim)
+from invjax.flows.glow import Glow
+from invjax.flows.iresnet import IResNet
 
 
 class _AffineCouplingNHWC(nn.Module):
@@ -140,3 +142,25 @@ def test_errors():
   wrong = InvertibleClassifier(_flow(False), 3, latent_shape=(64,))
   with pytest.raises(InvjaxError, match="latent has per-example shape"):
     wrong.init(jax.random.PRNGKey(0), _x())
+
+
+@pytest.mark.parametrize("name", ["glow", "iresnet"])
+def test_non_finite_images_and_latents_raise(name):
+  flow = (Glow(SHAPE, num_levels=2, num_steps=1, hidden=4) if name == "glow" else
+          IResNet(stages=(1,), hidden=4, kernel_sizes=(3,), logdet="none",
+                  n_init_power_iterations=1))
+  clf = make_classifier(flow, 3, SHAPE)
+  x = _x(2)
+  variables = clf.init(jax.random.PRNGKey(0), x)
+  z = clf.apply(variables, x, method="encode")
+  assert np.all(np.isfinite(np.asarray(clf.apply(variables, z, method="decode"))))
+  bad_x = x.at[1, 2, 0, 3].set(jnp.nan)
+  with pytest.raises(InvjaxError, match="x contains 1 NaN or infinite"):
+    clf.apply(variables, bad_x)
+  with pytest.raises(InvjaxError, match="x contains 1 NaN or infinite"):
+    clf.apply(variables, bad_x, method="encode")
+  with pytest.raises(InvjaxError, match="z contains 2 NaN or infinite"):
+    clf.apply(variables, z.at[0, 5].set(jnp.nan).at[1, 0].set(jnp.inf), method="decode")
+  # under jit the values are not known: no check (the flow's NaN comes back, as documented)
+  logits = jax.jit(lambda v, x: clf.apply(v, x)[0])(variables, bad_x)
+  assert np.all(np.isnan(np.asarray(logits[1]))) and np.all(np.isfinite(np.asarray(logits[0])))

@@ -6,6 +6,7 @@ import pytest
 
 from invjax._src.checks import InvjaxError
 from invjax.flows.conv1x1 import Conv1x1
+from tests.flows.helpers import check_log_det_and_inverse
 
 
 def _random_lu(layer, x, seed, scale=1.0):
@@ -30,15 +31,7 @@ def test_log_det_matches_dense_jacobian_and_round_trip():
   layer = Conv1x1()
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 3))
   variables = _random_lu(layer, x, seed=2, scale=0.5)
-  y, ld = layer.apply(variables, x)
-  jac = jax.jit(jax.jacfwd(lambda v: layer.apply(variables, v.reshape(1, 4, 4, 3))[0].reshape(-1)))
-  for b in range(2):
-    sign, ref = np.linalg.slogdet(np.asarray(jac(x[b].reshape(-1)), np.float64))
-    assert sign != 0
-    np.testing.assert_allclose(float(ld[b]), ref, rtol=1e-4, atol=1e-4)
-  xr, ldi = layer.apply(variables, y, method="inverse")
-  np.testing.assert_allclose(np.asarray(xr), np.asarray(x), atol=1e-5)
-  np.testing.assert_allclose(np.asarray(ldi), -np.asarray(ld), rtol=1e-6)
+  check_log_det_and_inverse(layer, variables, x, log_det_atol=1e-4)
 
 
 def test_stays_invertible_for_random_lu_parameters():

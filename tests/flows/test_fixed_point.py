@@ -1,5 +1,6 @@
 """Fixed-point iteration: checked against a linear solve (numpy) of the same contraction."""
 import logging
+import re
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,9 @@ import numpy as np
 import pytest
 
 from invjax._src import checks
-from invjax.flows.fixed_point import FixedPointInfo, check_converged, fixed_point
+from invjax.flows.fixed_point import (ConvergenceWarning, FixedPointInfo, check_converged,
+                                      fixed_point)
+from tests.flows.helpers import convergence_warnings
 
 RNG = np.random.default_rng(0)
 A = RNG.normal(size=(3, 3))
@@ -41,6 +44,24 @@ def test_not_converged_reports_residual_and_raises(caplog):
   assert "max residual" in caplog.text
   with pytest.raises(checks.ConvergenceError, match=r"residual \d"):
     check_converged(info, 1e-6)
+
+
+def test_jitted_unconverged_iteration_warns_with_its_residual():
+  solve = jax.jit(lambda b0, n: fixed_point(_f, b0, tol=1e-6, max_iter=n))
+  with pytest.warns(ConvergenceWarning, match=r"after 2 iterations .* tol 1e-06") as rec:
+    x, _ = solve(jnp.asarray(B), 2)
+    jax.effects_barrier()
+  (warning,) = [w for w in rec if issubclass(w.category, ConvergenceWarning)]
+  reported = float(re.search(r"max residual (\S+) >", str(warning.message)).group(1))
+  true_res = np.abs(np.asarray(_f(x), np.float64) - np.asarray(x, np.float64)).max()  # numpy
+  assert true_res > 1e-2
+  np.testing.assert_allclose(reported, true_res, rtol=2e-3)    # printed with 3 digits
+  # converged: no warning; warn=False: none either, though it stops after 2 iterations
+  assert not convergence_warnings(lambda: solve(jnp.asarray(B), 200))
+  quiet = jax.jit(lambda b0: fixed_point(_f, b0, tol=1e-6, max_iter=2, warn=False))
+  assert not convergence_warnings(lambda: quiet(jnp.asarray(B)))
+  # eagerly the same warning (next to the logged message)
+  assert len(convergence_warnings(lambda: fixed_point(_f, jnp.asarray(B), max_iter=2))) == 1
 
 
 def test_nan_stops_and_fails():

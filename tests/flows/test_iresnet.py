@@ -6,8 +6,9 @@ import pytest
 
 from invjax._src import checks
 from invjax.flows import iresnet
-from invjax.flows.fixed_point import check_converged
+from invjax.flows.fixed_point import ConvergenceWarning, check_converged
 from invjax.flows.spectral_norm import converge_spectral_norms
+from tests.flows.helpers import convergence_warnings
 
 
 def _key(i):
@@ -101,6 +102,43 @@ def test_unconverged_inverse_reports_and_raises():
     check_converged(info, 1e-5)
 
 
+def test_jitted_unconverged_inverse_warns():
+  model = iresnet.IResNet(stages=(1,), **SMALL, coeff=0.9, logdet="none", inverse_max_iter=2)
+  variables = _init(model, X_IMG, seed=3)
+  z = model.apply(variables, X_IMG, method="transform")
+  inv = jax.jit(lambda vs, z: model.apply(vs, z, method="inverse_transform"))
+  with pytest.warns(ConvergenceWarning, match=r"after 2 iterations .*max residual .* > tol 1e-05"):
+    x_rec, _ = inv(variables, z)
+    jax.effects_barrier()
+  assert float(jnp.max(jnp.abs(x_rec - X_IMG))) > 1e-3         # really not converged
+  # converged (the same blocks, enough iterations): no warning
+  converged = model.clone(inverse_max_iter=100)
+  assert not convergence_warnings(lambda: jax.jit(
+      lambda vs, z: converged.apply(vs, z, method="inverse_with_info"))(variables, z))
+  # off: per call, or for the model
+  assert not convergence_warnings(lambda: jax.jit(
+      lambda vs, z: model.apply(vs, z, method="inverse_transform", warn=False))(variables, z))
+  quiet = model.clone(inverse_warn=False)
+  assert not convergence_warnings(lambda: jax.jit(
+      lambda vs, z: quiet.apply(vs, z, method="inverse"))(variables, z))
+
+
+def test_block_alone_rejects_non_finite_input():
+  block = iresnet.IResNetBlock(**SMALL, logdet="none")
+  variables = block.init(_key(0), X_IMG, method="transform")
+  for bad_value in (jnp.nan, jnp.inf):
+    bad = X_IMG.at[1, 2, 3, 0].set(bad_value)
+    for method in ("__call__", "transform", "inverse_transform", "inverse_with_info", "inverse"):
+      with pytest.raises(checks.InvjaxError, match="contains 1 NaN or infinite"):
+        block.apply(variables, bad, method=method)
+  # finite input: no error, and the model around the block still checks once at the top
+  y, _ = block.apply(variables, X_IMG)
+  assert np.all(np.isfinite(np.asarray(y)))
+  model = iresnet.IResNet(stages=(1,), **SMALL, logdet="none")
+  with pytest.raises(checks.InvjaxError, match="z contains 1 NaN"):
+    model.apply(_init(model, X_IMG), X_IMG.at[0, 0, 0, 0].set(jnp.nan), method="inverse")
+
+
 def test_russian_roulette_through_the_model():
   model = iresnet.IResNet(stages=(1,), **SMALL, coeff=0.7, logdet="russian_roulette")
   variables = _init(model, X_IMG[:1], seed=4)
@@ -137,6 +175,25 @@ def test_config_and_validation():
   with pytest.raises(checks.InvjaxError, match="max_dim"):
     iresnet.IResNet(stages=(1,), logdet="exact", exact_max_dim=16, n_init_power_iterations=1).init(
         _key(0), X_IMG)
+
+
+def test_flat_config_settings_reach_every_block():
+  model = iresnet.from_config({"stages": (1, 1), "hidden": 16, "coeff": 0.9,
+                               "logdet": "power_series", "n_terms": 3, "inverse_max_iter": 2})
+  assert model.stages == (1, 1) and model.n_terms == 3
+  shapes = jax.eval_shape(lambda k: model.init(k, X_IMG, method="transform"), _key(0))["params"]
+  # 3-1-3 convs of width 16; stage 1 sees 4 x 2 = 8 channels after the squeeze
+  assert shapes["stage0_block0"]["g"]["layer_0"]["kernel"].shape == (3, 3, 2, 16)
+  assert shapes["stage1_block0"]["g"]["layer_1"]["kernel"].shape == (1, 1, 16, 16)
+  assert shapes["stage1_block0"]["g"]["layer_2"]["kernel"].shape == (3, 3, 16, 8)
+  variables = _init(model, X_IMG)
+  z = model.apply(variables, X_IMG, method="transform")
+  _, infos = model.apply(variables, z, method="inverse_transform", warn=False)
+  assert [int(i.iterations) for i in infos] == [2, 2]          # inverse_max_iter of each block
+  block = iresnet.IResNetBlock(**model.block_kwargs())
+  assert block.n_terms == 3 and block.hidden == 16 and block.inverse_max_iter == 2
+  with pytest.raises(checks.InvjaxError, match="unknown"):
+    iresnet.from_config({"stages": (1,), "block": {}})
 
 
 def test_inverse_is_differentiable_by_implicit_function_theorem():
