@@ -4,7 +4,7 @@ Sub-packages: `invjax.data`, `invjax.flows`, `invjax.nets`, `invjax.attacks`, `i
 `invjax.passeurs`; modules `invjax.train`, `invjax.parallel`, `invjax.distill`. Internals
 (compilation, the convolution primitive, loops, file writes, checks) live in `invjax._src`.
 """
-from invjax._src.checks import ConvergenceError, InvjaxError
+from invjax._src.checks import ConvergenceError, ConvergenceWarning, InvjaxError
 
 __version__ = "0.1.0"
-__all__ = ["ConvergenceError", "InvjaxError", "__version__"]
+__all__ = ["ConvergenceError", "ConvergenceWarning", "InvjaxError", "__version__"]

@@ -24,6 +24,10 @@ class ConvergenceError(RuntimeError):
   """An iterative solver (fixed-point inverse, SVM, ...) did not reach its tolerance."""
 
 
+class ConvergenceWarning(RuntimeWarning):
+  """A fixed-point iteration stopped with a residual above its tolerance."""
+
+
 def is_concrete(x) -> bool:
   """True when `x` holds values (numpy / committed jax array), False for a tracer."""
   return not isinstance(x, jax.core.Tracer)

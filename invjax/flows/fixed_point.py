@@ -39,6 +39,7 @@ from jax import lax
 import numpy as np
 
 from invjax._src import checks
+from invjax._src.checks import ConvergenceWarning
 
 Array = jax.Array
 
@@ -52,10 +53,6 @@ class FixedPointInfo(NamedTuple):
   """
   residual: Array
   iterations: Array
-
-
-class ConvergenceWarning(RuntimeWarning):
-  """A fixed-point iteration stopped with a residual above its tolerance."""
 
 
 def _unconverged_message(worst: float, iterations: int, max_iter: int, tol: float) -> str:

@@ -119,7 +119,7 @@ class BlockSettings(BranchSettings):
     neumann_grad: Neumann-series (memory-efficient) log-det gradient for the estimates.
     exact_max_dim: largest per-example size accepted by `logdet="exact"`.
     inverse_tol, inverse_max_iter: fixed-point inverse stopping rule.
-    inverse_warn: warn (`invjax.flows.fixed_point.ConvergenceWarning`, also under `jax.jit`)
+    inverse_warn: warn (`invjax.ConvergenceWarning`, also under `jax.jit`)
       when a fixed-point inverse stops above `inverse_tol`; False compiles no check.
   """
   logdet: str = "power_series"
