@@ -30,7 +30,6 @@ from absl import logging
 import numpy as np
 
 from invjax import data as data_lib
-from invjax import parallel
 from invjax import train
 from invjax.attacks import report
 from invjax.attacks import suite
@@ -90,10 +89,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if FLAGS.cpu_devices:
-    parallel.cpu_cores_as_devices(None if FLAGS.cpu_devices < 0 else FLAGS.cpu_devices)
+  runtime.start(argv)
   run(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
 
 
@@ -101,6 +97,7 @@ if __name__ == "__main__":
   runtime.configure()  # JAX's options as flags (--jax_compilation_cache_dir, ...)
   runtime.define_flags("attack.py:smoke", "Attack config file.",
                        "Where tables, figures (and a smoke classifier) go.")
-  flags.DEFINE_integer("cpu_devices", -1, "JAX CPU devices, the attacked batch split over them: "
-                       "-1 one per core (faster on a CPU, see invjax.parallel), 0 JAX's default.")
+  runtime.define_cpu_devices_flag(
+      -1, "JAX CPU devices, the attacked batch split over them: -1 one per core (faster on a "
+      "CPU, see invjax.parallel), 0 JAX's default.")
   app.run(main)

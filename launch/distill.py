@@ -113,10 +113,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if FLAGS.cpu_devices:
-    parallel.cpu_cores_as_devices(None if FLAGS.cpu_devices < 0 else FLAGS.cpu_devices)
+  runtime.start(argv)
   if FLAGS.compare:
     print(distill_lib.compare_runs(FLAGS.compare, FLAGS.workdir))
     return
@@ -128,10 +125,10 @@ def main(argv):
 if __name__ == "__main__":
   runtime.configure()  # JAX's options as flags (--jax_compilation_cache_dir, ...)
   runtime.define_flags("distill.py:smoke")
-  flags.DEFINE_integer("cpu_devices", 0, "JAX CPU devices: 0 JAX's default (one); -1 one per core: "
-                       "the transfer attacks split their batches over them (faster), and with "
-                       "config.data_parallel='auto' training runs data-parallel (its numbers then "
-                       "depend on the core count).")
+  runtime.define_cpu_devices_flag(
+      0, "JAX CPU devices: 0 JAX's default (one); -1 one per core: the transfer attacks split "
+      "their batches over them (faster), and with config.data_parallel='auto' training runs "
+      "data-parallel (its numbers then depend on the core count).")
   flags.DEFINE_string("compare", None, "name=dir,name=dir,...: only compare finished runs "
                       "(their results.json) side by side, into <workdir>/comparison.md.")
   app.run(main)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
@@ -48,3 +49,19 @@ def load_splits(config, data_dir: str | None):
   train = data.take_prefix(data.load(config.dataset, "train", data_dir), config.num_train)
   test = data.take_prefix(data.load(config.dataset, "test", data_dir), config.num_test)
   return train, test
+
+
+def define_cpu_devices_flag(default: int, help_text: str) -> None:
+  """`--cpu_devices`: JAX CPU devices for the script (-1: one per core, 0: JAX's default)."""
+  flags.DEFINE_integer("cpu_devices", default, help_text)
+
+
+def start(argv) -> None:
+  """First line of a script's `main`: refuses stray arguments and applies `--cpu_devices`
+  (when the script defines it) before JAX starts."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  num = flags.FLAGS["cpu_devices"].value if "cpu_devices" in flags.FLAGS else 0
+  if num:
+    from invjax import parallel  # pylint: disable=g-import-not-at-top
+    parallel.cpu_cores_as_devices(None if num < 0 else num)

@@ -47,8 +47,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  runtime.start(argv)
   results = train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
   extra = (f", test bits/dim {results['test_bits_per_dim']:.4f}"
            if "test_bits_per_dim" in results else "")

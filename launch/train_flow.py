@@ -44,8 +44,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  runtime.start(argv)
   results = train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
   print(f"test bits/dim {results['test_bits_per_dim']:.4f} after {results['step']} steps "
         f"({results['model']}, {results['wall_s']:.1f} s)")

@@ -30,46 +30,28 @@ from launch.configs import parse_arg
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   arg = parse_arg(arg, smoke=False, model="iresnet")
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.attacks = ("fgsm", "pgd", "cw", "latent_closed_form", "latent_jacobian",
-                    "latent_jacobian_linear", "latent_optimize", "invariance")
-  config.norm = "linf"
-  config.epsilons = (1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
-  config.latent_candidates = 3  # top-3 classes per Jacobian-aware step (0: all)
-  config.input_offset = -0.5  # the model sees x - 0.5, as in launch/train_classifier.py
-  config.checkpoint_dir = ""  # "": <workdir>/classifier, trained there if missing (smoke)
-  # Training of the smoke classifier (cross-entropy, constant-rate Adam, no augmentation).
-  config.batch_size = 64
-  config.learning_rate = 1e-3
-  config.grad_clip = 10.0
-  config.schedule = "constant"
-  config.nll_weight = 0.0
+  config = ml_collections.ConfigDict(dict(
+      seed=0, norm="linf", epsilons=(1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255),
+      attacks=("fgsm", "pgd", "cw", "latent_closed_form", "latent_jacobian",
+               "latent_jacobian_linear", "latent_optimize", "invariance"),
+      latent_candidates=3,  # top-3 classes per Jacobian-aware step (0: all)
+      input_offset=-0.5,  # the model sees x - 0.5, as in launch/train_classifier.py
+      checkpoint_dir="",  # "": <workdir>/classifier, trained there if missing (smoke)
+      # the smoke classifier's training: cross-entropy, constant-rate Adam, no augmentation
+      batch_size=64, learning_rate=1e-3, grad_clip=10.0, schedule="constant", nll_weight=0.0))
   if arg.smoke:
-    config.dataset = "cifar10_mini"
-    config.num_classes = 10
+    config.update(dict(
+        dataset="cifar10_mini", num_classes=10, head="slice", slice_dims=None,
+        train_steps=300, num_examples=100, pgd_steps=10, cw_steps=50, cw_search_steps=3,
+        latent_iters=3, latent_opt_steps=20))
     config.model = dict(name="glow", num_levels=1, num_steps=2, hidden=16, coupling="additive")
-    config.head = "slice"
-    config.slice_dims = None
-    config.train_steps = 300
-    config.num_examples = 100
-    config.pgd_steps = 10
-    config.cw_steps = 50
-    config.cw_search_steps = 3
-    config.latent_iters = 3
-    config.latent_opt_steps = 20
     return config
   trained = classifier.get_config(f"model={arg.model}")
-  config.dataset = trained.dataset
-  config.num_classes = trained.num_classes
+  config.update(dict(
+      dataset=trained.dataset, num_classes=trained.num_classes, head=trained.head,
+      slice_dims=trained.slice_dims,
+      train_steps=0,  # never trains: needs config.checkpoint_dir
+      num_examples=1000, pgd_steps=40, cw_steps=200, cw_search_steps=5, latent_iters=5,
+      latent_opt_steps=50))
   config.model = trained.model.to_dict()
-  config.head = trained.head
-  config.slice_dims = trained.slice_dims
-  config.train_steps = 0  # never trains: needs config.checkpoint_dir
-  config.num_examples = 1000
-  config.pgd_steps = 40
-  config.cw_steps = 200
-  config.cw_search_steps = 5
-  config.latent_iters = 5
-  config.latent_opt_steps = 50
   return config

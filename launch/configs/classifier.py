@@ -32,17 +32,12 @@ from launch.configs import choose, parse_arg
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   arg = parse_arg(arg, smoke=False, model="")
-  config = ml_collections.ConfigDict()
-  config.num_train = 0  # 0: all
-  config.num_test = 0
-  config.num_classes = 10
-  config.seed = 0
-  config.slice_dims = None
-  config.input_offset = -0.5  # the model sees x - 0.5
-  config.final_lr_fraction = 0.0
-  config.data_parallel = "auto"
-  config.progress = True
+  config = ml_collections.ConfigDict(dict(
+      num_train=0, num_test=0, num_classes=10, seed=0,  # num_train / num_test 0: all
+      slice_dims=None, input_offset=-0.5,  # the model sees x - 0.5
+      final_lr_fraction=0.0, data_parallel="auto", progress=True))
   if arg.smoke:
+    # model -> (flow, head, nll_weight, report_bits_per_dim)
     variants = {
         "irevnet": (dict(name="irevnet", num_blocks=(1, 1), hidden=16), "pooled", 0.0, False),
         "glow": (dict(name="glow", num_levels=2, num_steps=2, hidden=16), "identity_slice",
@@ -50,47 +45,28 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         "iresnet": (dict(name="iresnet", stages=(1, 1), hidden=16, coeff=0.9, logdet="none"),
                     "pooled", 0.0, False),
     }
-    model, config.head, config.nll_weight, config.report_bits_per_dim = choose(
-        "model", variants, arg.model or "irevnet")
-    config.model = model
-    config.dataset = "cifar10_mini"
-    config.augment = False
-    config.init_batch_size = 128
-    config.batch_size = 32
-    config.num_steps = 150
-    config.learning_rate = 2e-3
-    config.warmup_steps = 15
-    config.grad_clip = 10.0
-    config.weight_decay = 0.0
-    config.log_every = 25
-    config.checkpoint_every = 75
-    config.max_to_keep = 2
-    config.eval_every = 0
-    config.eval_batch_size = 250
-    return config
-  variants = {
-      "iresnet": (dict(name="iresnet", stages=(7, 7, 7), hidden=256, coeff=0.9,
-                       logdet="none"), "pooled", 0.0, False),
-      "irevnet": (dict(name="irevnet", num_blocks=(6, 6, 6), hidden=64), "pooled", 0.0,
-                  False),
-      "glow": (dict(name="glow", num_levels=3, num_steps=16, hidden=256), "identity_slice",
-               0.01, True),
-  }
-  model, config.head, config.nll_weight, config.report_bits_per_dim = choose(
-      "model", variants, arg.model or "iresnet")
-  config.model = model
-  config.dataset = "cifar10"
-  config.augment = True
-  config.init_batch_size = 512
-  config.batch_size = 128
-  config.num_steps = 80_000  # about 200 epochs
-  config.learning_rate = 1e-3
-  config.warmup_steps = 2_000
-  config.grad_clip = 10.0
-  config.weight_decay = 5e-4
-  config.log_every = 200
-  config.checkpoint_every = 2_000
-  config.max_to_keep = 3
-  config.eval_every = 4_000
-  config.eval_batch_size = 500
+    model = arg.model or "irevnet"
+    config.update(dict(
+        dataset="cifar10_mini", augment=False, init_batch_size=128, batch_size=32,
+        num_steps=150, learning_rate=2e-3, warmup_steps=15, grad_clip=10.0, weight_decay=0.0,
+        log_every=25, checkpoint_every=75, max_to_keep=2, eval_every=0, eval_batch_size=250))
+  else:
+    variants = {
+        "iresnet": (dict(name="iresnet", stages=(7, 7, 7), hidden=256, coeff=0.9,
+                         logdet="none"), "pooled", 0.0, False),
+        "irevnet": (dict(name="irevnet", num_blocks=(6, 6, 6), hidden=64), "pooled", 0.0,
+                    False),
+        "glow": (dict(name="glow", num_levels=3, num_steps=16, hidden=256), "identity_slice",
+                 0.01, True),
+    }
+    model = arg.model or "iresnet"
+    config.update(dict(
+        dataset="cifar10", augment=True, init_batch_size=512, batch_size=128,
+        num_steps=80_000,  # about 200 epochs
+        learning_rate=1e-3, warmup_steps=2_000, grad_clip=10.0, weight_decay=5e-4,
+        log_every=200, checkpoint_every=2_000, max_to_keep=3, eval_every=4_000,
+        eval_batch_size=500))
+  flow, config.head, config.nll_weight, config.report_bits_per_dim = choose(
+      "model", variants, model)
+  config.model = flow
   return config

@@ -31,49 +31,29 @@ from launch.configs import choose, parse_arg
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   arg = parse_arg(arg, smoke=False, model="glow")
-  config = ml_collections.ConfigDict()
-  config.num_train = 0  # 0: all
-  config.num_test = 0
-  config.seed = 0
-  config.data_parallel = "auto"
-  config.progress = True
-  config.weight_decay = 0.0
-  config.final_lr_fraction = 0.0
+  config = ml_collections.ConfigDict(dict(
+      num_train=0, num_test=0, seed=0,  # num_train / num_test 0: all
+      data_parallel="auto", progress=True, weight_decay=0.0, final_lr_fraction=0.0))
   if arg.smoke:
-    config.dataset = "cifar10_mini"
+    config.update(dict(
+        dataset="cifar10_mini", init_batch_size=128,  # ActNorm's data-dependent init
+        batch_size=32, num_steps=120, learning_rate=2e-3, warmup_steps=20, grad_clip=50.0,
+        log_every=20, checkpoint_every=60, max_to_keep=2,
+        eval_every=0, eval_batch_size=250))  # eval_every 0: at the end only
     config.model = choose("model", {
         "glow": dict(name="glow", num_levels=2, num_steps=2, hidden=16),
         "iresnet": dict(name="iresnet", stages=(1, 1), hidden=16, coeff=0.9,
                         logdet="power_series", n_terms=3),
     }, arg.model)
-    config.init_batch_size = 128  # ActNorm's data-dependent init
-    config.batch_size = 32
-    config.num_steps = 120
-    config.learning_rate = 2e-3
-    config.warmup_steps = 20
-    config.grad_clip = 50.0
-    config.log_every = 20
-    config.checkpoint_every = 60
-    config.max_to_keep = 2
-    config.eval_every = 0  # 0: at the end only
-    config.eval_batch_size = 250
     return config
-  config.dataset = "cifar10"
+  config.update(dict(
+      dataset="cifar10", init_batch_size=512, batch_size=64, num_steps=600_000,
+      learning_rate=1e-3, warmup_steps=5_000, grad_clip=50.0, log_every=500,
+      checkpoint_every=5_000, max_to_keep=3, eval_every=20_000, eval_batch_size=500))
   config.model = choose("model", {
       "glow": dict(name="glow", num_levels=3, num_steps=32, hidden=512, coupling="affine"),
       "realnvp": dict(name="realnvp", num_levels=3, hidden=64, coupling="affine"),
       "iresnet": dict(name="iresnet", stages=(16, 16, 16), hidden=512, coeff=0.9,
                       logdet="power_series", n_terms=5, n_power_iterations=5),
   }, arg.model)
-  config.init_batch_size = 512
-  config.batch_size = 64
-  config.num_steps = 600_000
-  config.learning_rate = 1e-3
-  config.warmup_steps = 5_000
-  config.grad_clip = 50.0
-  config.log_every = 500
-  config.checkpoint_every = 5_000
-  config.max_to_keep = 3
-  config.eval_every = 20_000
-  config.eval_batch_size = 500
   return config
