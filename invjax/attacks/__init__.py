@@ -1,10 +1,35 @@
 """Attacks: `attack(logits_fn, x, y, *, key, **budget) -> AttackResult`.
 
-gradient: FGSM, PGD, Carlini-Wagner L2 (any `logits_fn`); latent: inversion attacks on invertible
-classifiers; invariance: metameric attacks (Jacobsen et al. 2019).
+Modules:
+  gradient: FGSM / FGM and PGD in pixel space (any `logits_fn`); `ATTACKS` by name.
+  cw: Carlini-Wagner L2 (any `logits_fn`).
+  inputs: the input checks of the pixel-space attacks.
+  latent: inversion attacks on invertible classifiers (closed form, Jacobian-aware,
+    optimised); latent_steps: their compiled steps and line search; latent_geometry:
+    the head's half-spaces and minimal-norm steps across them.
+  invariance: metameric attacks (Jacobsen et al. 2019).
+  functional: invertible classifiers as pure `(params, value)` functions.
+  result: `AttackResult`, distances, success re-checked on the model.
 """
-from invjax.attacks.gradient import carlini_wagner_l2, fgsm, pgd
+from invjax.attacks.cw import carlini_wagner_l2
+from invjax.attacks.gradient import fgsm, pgd
 from invjax.attacks.invariance import (MetamericResult, label_agreement, metameric_attack,
                                        metameric_attack_from_model)
 from invjax.attacks.latent import LatentInfo, latent_attack, latent_attack_from_model
 from invjax.attacks.result import AttackResult, distances, from_adversarial
+
+__all__ = (
+    "AttackResult",
+    "LatentInfo",
+    "MetamericResult",
+    "carlini_wagner_l2",
+    "distances",
+    "fgsm",
+    "from_adversarial",
+    "label_agreement",
+    "latent_attack",
+    "latent_attack_from_model",
+    "metameric_attack",
+    "metameric_attack_from_model",
+    "pgd",
+)

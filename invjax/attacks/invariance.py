@@ -21,13 +21,13 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from invjax._src import checks
 from invjax._src import compilation
+from invjax.attacks import functional
 from invjax.attacks import result as result_lib
 
 Array = jax.Array
@@ -103,19 +103,10 @@ def metameric_attack(encode_fn: Callable[[Array], Array], decode_fn: Callable[[A
   Returns:
     `MetamericResult`.
   """
-  head_fn = None if isinstance(head, (tuple, list)) or not callable(head) else _drop(head)
-  return _metameric(None, _drop(encode_fn), _drop(decode_fn), head, head_fn, x1, x2, split,
-                    num_class_dims)
-
-
-@functools.lru_cache(maxsize=None)
-def _drop(fn):
-  return lambda _, v: fn(v)
-
-
-@functools.lru_cache(maxsize=None)
-def _model_method(model, method: str):
-  return lambda variables, v: model.apply(variables, v, method=method)
+  linear = isinstance(head, (tuple, list)) or not callable(head)
+  head_fn = None if linear else functional.drop_params(head)
+  return _metameric(None, functional.drop_params(encode_fn), functional.drop_params(decode_fn),
+                    head, head_fn, x1, x2, split, num_class_dims)
 
 
 def _metameric(params, encode, decode, head, head_fn, x1, x2, split, num_class_dims):
@@ -129,9 +120,7 @@ def _metameric(params, encode, decode, head, head_fn, x1, x2, split, num_class_d
     raise checks.InvjaxError(f"split must be one of {SPLITS}, got {split!r}")
   x1 = jnp.asarray(x1)
   x2 = jnp.asarray(x2)
-  z_shape = jax.eval_shape(lambda v: encode(params, v), x1)
-  if len(z_shape.shape) != 2:
-    raise checks.InvjaxError(f"encode must return a flat latent [batch, D], got {z_shape.shape}")
+  z_shape = functional.check_codec(params, encode, decode, x1, "x1")
   dim = z_shape.shape[1]
   if head_fn is None:
     if not isinstance(head, (tuple, list)):
@@ -155,30 +144,22 @@ def _metameric(params, encode, decode, head, head_fn, x1, x2, split, num_class_d
                          head_fn=head_fn, split=split, num_class_dims=num_class_dims)
 
 
-def _apply_head(head_params, head_fn, z):
-  if head_fn is None:
-    a, b = head_params
-    return z @ a + b
-  return head_fn(head_params, z)
-
-
 @functools.partial(compilation.jit, static_argnames=("encode", "decode", "head_fn", "split",
                                              "num_class_dims"))
 def _metameric_core(params, head_params, x1, x2, *, encode, decode, head_fn, split,
                     num_class_dims):
   z1 = encode(params, x1)
   z2 = encode(params, x2)
-  logits_x1 = _apply_head(head_params, head_fn, z1)
+  logits_x1 = functional.apply_head(head_params, head_fn, z1)
   a = head_params[0] if head_fn is None else None
   z_meta = mix_latents(z1, z2, split=split, head_matrix=a, num_class_dims=num_class_dims)
   x_meta = decode(params, z_meta)
-  logits_meta = _apply_head(head_params, head_fn, encode(params, x_meta))
+  logits_meta = functional.apply_head(head_params, head_fn, encode(params, x_meta))
   linf1, l21 = result_lib.distances(x1, x_meta)
   linf2, l22 = result_lib.distances(x2, x_meta)
   flat = x_meta.reshape(x_meta.shape[0], -1)
   in_range = jnp.all((flat >= 0.0) & (flat <= 1.0), axis=1)
   same = jnp.argmax(logits_meta, -1) == jnp.argmax(logits_x1, -1)
-  chex.assert_equal_shape((x_meta, x1))
   return MetamericResult(x_meta, z_meta, logits_x1, logits_meta, same, l21, linf1, l22, linf2,
                          in_range)
 
@@ -197,13 +178,15 @@ def metameric_attack_from_model(model: Any, variables: Any, x1: Array, x2: Array
   if split == "row_space":
     head, head_fn = model.apply(variables, method="linear_head"), None
   else:
-    head, head_fn = None, _model_method(model, "logits")
-  return _metameric(variables, _model_method(model, "encode"), _model_method(model, "decode"),
-                    head, head_fn, x1, x2, split, num_class_dims)
+    head, head_fn = None, functional.model_method(model, "logits")
+  return _metameric(variables, functional.model_method(model, "encode"),
+                    functional.model_method(model, "decode"), head, head_fn, x1, x2, split,
+                    num_class_dims)
 
 
 def label_agreement(logits_fn: Callable[[Array], Array], x_meta: Array, y2: Array,
-                    y1: Optional[Array] = None, *, batch_size: int = 256) -> Tuple[float, Optional[float]]:
+                    y1: Optional[Array] = None, *,
+                    batch_size: int = 256) -> Tuple[float, Optional[float]]:
   """How often an independent classifier (any `logits_fn`, e.g. a CNN) follows x2's label.
 
   Args:

@@ -18,6 +18,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from invjax._src.geometry import flat_norm
+
 
 @flax.struct.dataclass
 class AttackResult:
@@ -75,9 +77,8 @@ def distances(x: jax.Array, x_adv: jax.Array):
     (linf, l2), each float [batch].
   """
   delta = (x_adv - x).reshape(x.shape[0], -1)
-  linf = jnp.max(jnp.abs(delta), axis=1) if delta.shape[1] else jnp.zeros(x.shape[0], x.dtype)
-  l2 = jnp.sqrt(jnp.sum(jnp.square(delta), axis=1))
-  return linf, l2
+  linf = flat_norm(delta, "linf") if delta.shape[1] else jnp.zeros(x.shape[0], x.dtype)
+  return linf, flat_norm(delta, "l2")
 
 
 def is_adversarial(logits: jax.Array, y: jax.Array, *, targeted: bool = False) -> jax.Array:

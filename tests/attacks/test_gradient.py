@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from invjax.attacks import cw
 from invjax.attacks import gradient
 from invjax._src.checks import InvjaxError
 from invjax.nets.cnn import SmallCNN
@@ -54,8 +55,8 @@ def _check_result(res, fn, x, y, *, eps=None, norm=None, targeted=False):
 
 
 def test_cw_l2_finds_closed_form_minimum(linear):
-  res = gradient.carlini_wagner_l2(linear["fn"], linear["x"], linear["y"], num_steps=200,
-                                   binary_search_steps=8, learning_rate=1e-2)
+  res = cw.carlini_wagner_l2(linear["fn"], linear["x"], linear["y"], num_steps=200,
+                             binary_search_steps=8, learning_rate=1e-2)
   _check_result(res, linear["fn"], linear["x"], linear["y"])
   assert np.all(res.success)
   ratio = np.asarray(res.l2) / linear["d2"]
@@ -183,13 +184,27 @@ def test_nan_logits_and_bad_model_raise(linear):
   nan_fn = lambda v: jnp.where(v[:, :2] > 0.5, jnp.nan, v[:, :2])
   for attack in (lambda f: gradient.fgsm(f, x, y, epsilon=0.1),
                  lambda f: gradient.pgd(f, x, y, key=jax.random.PRNGKey(0), epsilon=0.1),
-                 lambda f: gradient.carlini_wagner_l2(f, x, y)):
+                 lambda f: cw.carlini_wagner_l2(f, x, y)):
     with pytest.raises(InvjaxError, match="logits_fn returned NaN"):
       attack(nan_fn)
   with pytest.raises(InvjaxError, match=r"logits \[batch, classes\]"):
     gradient.fgsm(lambda v: v.sum(1), x, y, epsilon=0.1)
   with pytest.raises(InvjaxError, match="needs a PRNG key"):
     gradient.pgd(linear["fn"], x, y, key=None, epsilon=0.1)
+
+
+def test_bad_options_raise(linear):
+  fn, x, y = linear["fn"], linear["x"], linear["y"]
+  with pytest.raises(InvjaxError, match=r"loss must be one of \('ce', 'margin'\), got 'l1'"):
+    gradient.fgsm(fn, x, y, epsilon=0.1, loss="l1")
+  with pytest.raises(InvjaxError, match="num_restarts must be a positive int, got 0"):
+    gradient.pgd(fn, x, y, key=jax.random.PRNGKey(0), epsilon=0.1, num_restarts=0)
+  with pytest.raises(InvjaxError, match="binary_search_steps must be a positive int, got 1.5"):
+    cw.carlini_wagner_l2(fn, x, y, binary_search_steps=1.5)
+  with pytest.raises(InvjaxError, match="num_steps must be a positive int, got 0"):
+    cw.carlini_wagner_l2(fn, x, y, num_steps=0)
+  with pytest.raises(InvjaxError, match="initial_const"):
+    cw.carlini_wagner_l2(fn, x, y, initial_const=0.0)
 
 
 @pytest.mark.parametrize("early_stop,num_restarts", [(True, 1), (False, 1), (True, 3)])

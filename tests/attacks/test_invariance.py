@@ -100,3 +100,12 @@ def test_bad_inputs():
                                 num_class_dims=D + 1)
   with pytest.raises(InvjaxError, match="y2"):
     invariance.label_agreement(lambda v: v, x1, np.zeros(B + 1, np.int32))
+
+
+def test_encode_and_decode_of_the_wrong_shape_raise():
+  _, a, b, x1, x2, enc, dec = _problem()
+  with pytest.raises(InvjaxError, match=r"decode must map the latent \(5, 10\) back to the shape "
+                                        r"of x1 \(5, 10\), got \(5, 1, 10\)"):
+    invariance.metameric_attack(enc, lambda z: dec(z)[:, None, :], (a, b), x1, x2)
+  with pytest.raises(InvjaxError, match="flat latent"):
+    invariance.metameric_attack(lambda v: enc(v)[:, :, None], dec, (a, b), x1, x2)

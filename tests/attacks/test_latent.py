@@ -339,3 +339,32 @@ def test_optimize_differentiates_through_an_iresnet_inverse():
   logits = np.asarray(enc(opt.x_adv)) @ a + b
   assert np.all(np.argmax(logits, 1) != y)
   assert np.all(np.asarray(opt.l2) <= np.asarray(jac.l2) + 1e-5)
+
+
+def test_encode_and_decode_of_the_wrong_shape_raise():
+  _, _, _, x, y, enc, dec, head = PROBLEM
+  for method in latent.METHODS:
+    with pytest.raises(InvjaxError, match=r"decode must map the latent \(6, 8\) back to the "
+                                          r"shape of x \(6, 8\), got \(6, 4\)"):
+      latent.latent_attack(enc, lambda z: dec(z)[:, :4], head, x, y, method=method)
+  with pytest.raises(InvjaxError, match="flat latent"):
+    latent.latent_attack(lambda v: enc(v).reshape(B, 2, 4), dec, head, x, y)
+
+
+def test_from_model_defaults_are_those_of_latent_attack(nonlinear_model):
+  """`latent_attack_from_model` with no options is `latent_attack` on the model's functions."""
+  model, variables, x, y, _ = nonlinear_model
+  enc = lambda v: model.apply(variables, v, method="encode")
+  dec = lambda z: model.apply(variables, z, method="decode")
+  a, b = model.apply(variables, method="linear_head")
+  for method in latent.METHODS:
+    ref, ref_info = latent.latent_attack(enc, dec, (a, b), x, y, method=method, return_info=True)
+    res, info = latent.latent_attack_from_model(model, variables, x, y, method=method,
+                                                return_info=True)
+    np.testing.assert_allclose(res.x_adv, ref.x_adv, atol=1e-6)
+    np.testing.assert_array_equal(res.success, ref.success)
+    np.testing.assert_allclose(info.z_adv, ref_info.z_adv, atol=1e-5)
+    for counter in ("num_grad_evals", "num_forward_evals", "num_inverse_evals"):
+      assert int(getattr(res, counter)) == int(getattr(ref, counter))
+  with pytest.raises(InvjaxError, match=r"unknown arguments.*\['steps'\]"):
+    latent.latent_attack_from_model(model, variables, x, y, steps=3)
