@@ -34,6 +34,7 @@ import numpy as np
 from bench import report
 from invjax._src import compilation
 from invjax._src import conv
+from invjax.attacks import cw
 from invjax.attacks import gradient
 from invjax.flows import iresnet
 from invjax.nets import cnn
@@ -73,7 +74,7 @@ def _workloads(batch):
   return {
       "PGD-10, lax.while_loop": pgd(False),
       "PGD-10, unrolled (unroll=True)": pgd(True),
-      "Carlini-Wagner L2, 2 x 10 steps": lambda: gradient.carlini_wagner_l2(
+      "Carlini-Wagner L2, 2 x 10 steps": lambda: cw.carlini_wagner_l2(
           logits_fn, x, y, binary_search_steps=2, num_steps=10).x_adv,
       "local Lipschitz, 10 power iterations": lambda: lipschitz.local_lipschitz(
           logits_fn, x, key=key, num_iters=10),

@@ -10,6 +10,8 @@ Modules:
   invariance: metameric attacks (Jacobsen et al. 2019).
   functional: invertible classifiers as pure `(params, value)` functions.
   result: `AttackResult`, distances, success re-checked on the model.
+  suite: named attacks over a list of epsilons on an invertible classifier (launch/attack.py);
+    report: its tables and figures.
 """
 from invjax.attacks.cw import carlini_wagner_l2
 from invjax.attacks.gradient import fgsm, pgd

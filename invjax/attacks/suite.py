@@ -21,6 +21,7 @@ import numpy as np
 
 from invjax import parallel
 from invjax._src.checks import InvjaxError
+from invjax.attacks import cw
 from invjax.attacks import gradient
 from invjax.attacks import invariance
 from invjax.attacks import latent
@@ -73,8 +74,8 @@ def _pgd(ctx, x, y, eps, key):
 
 def _cw(ctx, x, y, eps, key):
   del eps
-  return gradient.carlini_wagner_l2(ctx.logits_fn, x, y, key=key, num_steps=ctx.options.cw_steps,
-                                    binary_search_steps=ctx.options.cw_search_steps)
+  return cw.carlini_wagner_l2(ctx.logits_fn, x, y, key=key, num_steps=ctx.options.cw_steps,
+                              binary_search_steps=ctx.options.cw_search_steps)
 
 
 def _latent(method, decode_step="exact"):
