@@ -15,7 +15,7 @@ Writes to `--workdir`:
   cache/features_*.npy           clean features, reused by a re-run
 
   python -m launch.passeurs --config=launch/configs/passeurs.py:smoke --workdir=/tmp/passeurs_smoke
-  python -m launch.passeurs --config=launch/configs/passeurs_smoke.py --workdir=/tmp/passeurs_smoke
+  python -m launch.passeurs --config=launch/configs/passeurs.py:smoke --workdir=/tmp/passeurs_smoke
 """
 from __future__ import annotations
 

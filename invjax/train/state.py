@@ -73,6 +73,11 @@ def split_variables(variables: Mapping[str, PyTree]) -> Tuple[PyTree, Dict[str, 
   return params, {k: v for k, v in variables.items() if k != "params"}
 
 
+def _global_norm(tree: PyTree) -> jax.Array:
+  """sqrt of the sum of squares of every leaf (optax renames its own between releases)."""
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
 def count_params(params: PyTree) -> int:
   """Number of scalar parameters in a pytree."""
   return sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(params))
@@ -114,7 +119,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     model_state = _merge_model_state(state.model_state, new_model_state, mutable)
-    metrics = {**dict(metrics or {}), "loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {**dict(metrics or {}), "loss": loss, "grad_norm": _global_norm(grads)}
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                               opt_state=opt_state)
     return new_state, metrics

@@ -4,7 +4,7 @@ r"""Passeurs: full CIFAR-10 by default, the embedded mini CIFAR-10 with `:smoke`
   python -m launch.passeurs --config=launch/configs/passeurs.py \
     --data_dir=../shared/data/cifar10 --workdir=runs/passeurs_cifar10
 
-(`launch/configs/passeurs_smoke.py` and `passeurs_cifar10.py` are the same two configs.)
+(`launch/configs/passeurs_smoke.py` and `passeurs_cifar10.py` are aliases of the two modes.)
 
 Full (50,000 train; test 0-4999 public, 5000-9999 private; `--data_dir=''` loads
 tensorflow-datasets' cifar10): EfficientNet-Lite0 features at 64x64, invjax's JAX SVM (LIBLINEAR

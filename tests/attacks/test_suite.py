@@ -25,7 +25,7 @@ def problem():
   key = jax.random.PRNGKey(0)
   variables = model.init({"params": key, "logdet": key}, x - 0.5)
   logits = model.apply(variables, x - 0.5)[0]
-  y = np.asarray(jnp.argmax(logits, -1))  # untrained: label the images by its own prediction
+  y = np.array(jnp.argmax(logits, -1))  # untrained: label the images by its own prediction
   y[:4] = (y[:4] + 1) % 10  # four it gets wrong
   return model, variables, x, y
 

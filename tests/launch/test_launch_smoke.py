@@ -42,9 +42,9 @@ def _tiny_config(module, kind):
 @pytest.mark.parametrize("kind", ["flow", "classifier"])
 def test_launch_then_resume(kind, tmp_path):
   script, module, config_file = {
-      "flow": ("train_flow.py", flow_smoke, "launch/configs/flow_smoke.py"),
+      "flow": ("train_flow.py", flow_smoke, "launch/configs/flow.py:smoke"),
       "classifier": ("train_classifier.py", classifier_smoke,
-                     "launch/configs/classifier_smoke.py"),
+                     "launch/configs/classifier.py:smoke"),
   }[kind]
   workdir = str(tmp_path / kind)
   # JAX's own options are flags of every launch script (`jax.config.config_with_absl`).
