@@ -268,7 +268,7 @@ def latent_attack(encode_fn: Callable[[Array], Array], decode_fn: Callable[[Arra
       (methods "jacobian" / "optimize") takes its first-order image `x + dx` instead
       (`J_decode = J^-1`), which is DeepFool on encode + head. On ill-conditioned flows
       the exact decode of a latent step that crosses the boundary can land far from x
-      (README, "Transfer through a distilled student"); the first-order image cannot.
+      (docs/results/transfer.md); the first-order image cannot.
 
   Returns:
     `AttackResult` (success re-checked by re-encoding `x_adv`), or
