@@ -38,14 +38,12 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from bench import report
 from bench import torch_cnn
 from invjax._src import compilation
 from invjax import data as data_lib
 from invjax import parallel
-from invjax import train
 from invjax.attacks import gradient
 from invjax.attacks import latent
 from invjax.nets import cnn
@@ -95,25 +93,11 @@ def _best_time(fn, repeats):
 # ----------------------------------------------------------------------------- (a)
 
 
-def _train_cnn(steps):
-  model = cnn.SmallCNN()
-  train_ds = data_lib.load("cifar10_mini", "train")
-  variables = cnn.init(model, jax.random.PRNGKey(0))
-  params, model_state = train.split_variables(variables)
-  optimizer = optax.adam(1e-3)
-  state = train.TrainState.create(params, optimizer, jax.random.PRNGKey(1), model_state)
-  step = train.make_train_step(cnn.make_loss_fn(model), optimizer)
-  batches = train.batch_iterator(jax.random.PRNGKey(2), train_ds, 64)
-  for _ in range(steps):
-    state, _ = step(state, next(batches))
-  return model, state.variables
-
-
 def bench_throughput(batch, repeats, cnn_steps):
   import torch  # pylint: disable=g-import-not-at-top
   import foolbox as fb  # pylint: disable=g-import-not-at-top
 
-  model, variables = _train_cnn(cnn_steps)
+  model, variables = torch_cnn.train_small_cnn(cnn_steps)
   test = data_lib.load("cifar10_mini", "test")
   x = data_lib.to_float(test.x[:batch])
   y = jnp.asarray(test.y[:batch])

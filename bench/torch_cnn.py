@@ -1,14 +1,34 @@
-"""PyTorch side of the CPU attack benchmarks: `SmallCNN` with copied weights, and PGD in torch.
+"""The SmallCNN both sides of the CPU attack benchmarks attack: trained in JAX, copied to PyTorch.
 
-Shared by `bench/attacks.py` (throughput against Foolbox / torchattacks) and
+Shared by `bench/attacks.py` (throughput against Foolbox / torchattacks),
+`bench/evaluation.py` (AutoAttack and its attacks against torchattacks) and
 `bench/pgd_profile.py` (where one PGD step spends its time). torch is imported inside
 the functions, so importing this module costs nothing without the `torch` extra.
 """
 from __future__ import annotations
 
+import jax
 import numpy as np
+import optax
 
+from invjax import data as data_lib
+from invjax import train
 from invjax.nets import cnn
+
+
+def train_small_cnn(steps: int):
+  """A SmallCNN trained `steps` Adam steps on the embedded mini CIFAR-10: (model, variables)."""
+  model = cnn.SmallCNN()
+  train_ds = data_lib.load("cifar10_mini", "train")
+  variables = cnn.init(model, jax.random.PRNGKey(0))
+  params, model_state = train.split_variables(variables)
+  optimizer = optax.adam(1e-3)
+  state = train.TrainState.create(params, optimizer, jax.random.PRNGKey(1), model_state)
+  step = train.make_train_step(cnn.make_loss_fn(model), optimizer)
+  batches = train.batch_iterator(jax.random.PRNGKey(2), train_ds, 64)
+  for _ in range(steps):
+    state, _ = step(state, next(batches))
+  return model, state.variables
 
 
 def small_cnn(variables):

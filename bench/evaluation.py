@@ -1,0 +1,142 @@
+r"""Robustness evaluation benchmark: invjax vs torchattacks on the same weights and images (CPU).
+
+The same `invjax.nets.cnn.SmallCNN` weights in both frameworks (`bench/torch_cnn.py`; the two
+forwards are checked to agree), the first `--num_images` embedded test images, L_inf (or L2)
+at `--epsilon`. Rows, each run by both libraries in the same process, one after the other:
+
+  AutoAttack standard  invjax `attacks.autoattack(version="standard")` vs
+                       `torchattacks.AutoAttack(version="standard")`, end to end
+  APGD-CE              `attacks.apgd(loss="ce")` vs `torchattacks.APGD(loss="ce")`
+  Square               `attacks.square` vs `torchattacks.Square` (`--square_queries`)
+
+For each: robust accuracy (on all images, clean mistakes count as broken), images/s (wall time
+of the call after one warm-up call on the same batch: both sides run eagerly/compiled as their
+users run them) and the speed ratio invjax / torchattacks. Target (issue 19): invjax >= 1.5x
+torchattacks end to end at the same robust accuracy (+-0.5 points).
+
+  PYTHONPATH=. .venv/bin/python bench/evaluation.py --num_images=100 --out=/tmp/eval.md
+  PYTHONPATH=. .venv/bin/python bench/evaluation.py --num_images=32 --parts=apgd  # quick
+
+torchattacks is not in the test extra's dependencies (its own would replace the CPU torch):
+`pip install --no-deps torchattacks`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench import report
+from bench import torch_cnn
+from invjax import data as data_lib
+from invjax import parallel
+from invjax.nets import cnn
+
+flags.DEFINE_integer("num_images", 100, "Embedded test images attacked.")
+flags.DEFINE_float("epsilon", 8 / 255, "Budget.")
+flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "Norm.")
+flags.DEFINE_integer("cnn_steps", 300, "Training steps of the SmallCNN.")
+flags.DEFINE_integer("square_queries", 5000, "Queries of the Square rows.")
+flags.DEFINE_list("parts", ["autoattack", "apgd", "square"], "Rows to run.")
+flags.DEFINE_integer("cpu_devices", -1, "JAX CPU devices (set before JAX starts): -1 one per "
+                     "core, 0 JAX's default (one). invjax rows split their batch over them.")
+flags.DEFINE_string("out", None, "Also write the markdown table to this file.")
+FLAGS = flags.FLAGS
+
+
+def _timed(fn):
+  fn()  # warm-up: compilation (invjax), allocator (torch)
+  t0 = time.perf_counter()
+  out = fn()
+  return out, time.perf_counter() - t0
+
+
+def run(num_images, epsilon, norm, cnn_steps, square_queries, parts) -> str:
+  import torch  # pylint: disable=g-import-not-at-top
+  import torchattacks  # pylint: disable=g-import-not-at-top
+  from invjax.attacks import apgd as apgd_lib  # pylint: disable=g-import-not-at-top
+  from invjax.attacks import autoattack as aa_lib  # pylint: disable=g-import-not-at-top
+  from invjax.attacks import square as square_lib  # pylint: disable=g-import-not-at-top
+
+  model, variables = torch_cnn.train_small_cnn(cnn_steps)
+  test = data_lib.load("cifar10_mini", "test")
+  x = data_lib.to_float(test.x[:num_images])
+  y = jnp.asarray(test.y[:num_images])
+  logits_fn = jax.jit(cnn.logits_fn(model, variables))
+  tmodel = torch_cnn.small_cnn(variables).requires_grad_(False)
+  xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
+  yt = torch.from_numpy(np.asarray(y).astype(np.int64))
+  with torch.no_grad():
+    diff = float(np.abs(tmodel(xt).numpy() - np.asarray(logits_fn(x))).max())
+  clean = float(np.mean(np.argmax(np.asarray(logits_fn(x)), 1) == np.asarray(y)))
+  ta_norm = "Linf" if norm == "linf" else "L2"
+  key = jax.random.PRNGKey(0)
+
+  def robust_torch(x_adv):
+    with torch.no_grad():
+      return float((tmodel(x_adv).argmax(1) == yt).float().mean())
+
+  def robust_invjax(x_adv):
+    return float(np.mean(np.argmax(np.asarray(logits_fn(x_adv)), 1) == np.asarray(y)))
+
+  def sharded(attack):
+    def call():
+      res = parallel.call_sharded(lambda xb, yb: attack(xb, yb), x, y)
+      jax.block_until_ready(res.x_adv)
+      return res.x_adv
+    return call
+
+  rows = {
+      "autoattack": ("AutoAttack standard",
+                     lambda: aa_lib.autoattack(logits_fn, x, y, key=key, epsilon=epsilon,
+                                               norm=norm, version="standard").x_adv,
+                     lambda: torchattacks.AutoAttack(tmodel, norm=ta_norm, eps=epsilon,
+                                                     version="standard", n_classes=10,
+                                                     seed=0)(xt, yt)),
+      "apgd": ("APGD-CE (100 steps)",
+               sharded(lambda xb, yb: apgd_lib.apgd(logits_fn, xb, yb, key=key, epsilon=epsilon,
+                                                    norm=norm, loss="ce", num_steps=100)),
+               lambda: torchattacks.APGD(tmodel, norm=ta_norm, eps=epsilon, steps=100,
+                                         n_restarts=1, loss="ce", seed=0)(xt, yt)),
+      "square": (f"Square ({square_queries} queries)",
+                 sharded(lambda xb, yb: square_lib.square(logits_fn, xb, yb, key=key,
+                                                          epsilon=epsilon, norm=norm,
+                                                          num_queries=square_queries)),
+                 lambda: torchattacks.Square(tmodel, norm=ta_norm, eps=epsilon,
+                                             n_queries=square_queries, n_restarts=1,
+                                             seed=0)(xt, yt)),
+  }
+  lines = [f"SmallCNN ({cnn_steps} steps), {num_images} embedded test images, clean accuracy "
+           f"{clean:.3f}, {norm} eps={epsilon:.4g}; max |logit difference| invjax vs torch "
+           f"{diff:.1e}; {jax.device_count()} JAX device(s), torch threads "
+           f"{torch.get_num_threads()}; torchattacks {torchattacks.__version__}", "",
+           "| attack | invjax robust acc | torchattacks robust acc | invjax images/s | "
+           "torchattacks images/s | speed-up |", "|---|---|---|---|---|---|"]
+  for part in parts:
+    name, ours, theirs = rows[part]
+    x_ours, t_ours = _timed(ours)
+    x_theirs, t_theirs = _timed(theirs)
+    lines.append(f"| {name} | {robust_invjax(x_ours):.3f} | {robust_torch(x_theirs):.3f} | "
+                 f"{num_images / t_ours:.1f} | {num_images / t_theirs:.1f} | "
+                 f"{t_theirs / t_ours:.2f}x |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  del argv
+  if FLAGS.cpu_devices:
+    parallel.cpu_cores_as_devices(None if FLAGS.cpu_devices < 0 else FLAGS.cpu_devices)
+  report.emit(run(FLAGS.num_images, FLAGS.epsilon, FLAGS.norm, FLAGS.cnn_steps,
+                  FLAGS.square_queries, FLAGS.parts), FLAGS.out)
+
+
+if __name__ == "__main__":
+  app.run(main)
