@@ -1,5 +1,7 @@
 """Square attack: closed-form linear models, a masked-gradient model, the official schedule
 and window pattern, and torchattacks' Square on the same SmallCNN weights."""
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,8 @@ from invjax.nets import cnn
 
 SHAPE = (8, 8, 3)
 N = 32
+# The module (the package attribute `invjax.attacks.square` is the function).
+sq_module = importlib.import_module("invjax.attacks.square")
 Q = 300
 
 
@@ -177,6 +181,22 @@ def test_window_pattern_matches_torchattacks():
     ref = atk.eta(side).numpy()  # randomly transposed
     ours = window_pattern(side)
     assert min(np.abs(ref - ours).max(), np.abs(ref.T - ours).max()) < 1e-6, side
+
+
+def test_traced_window_pattern_matches_constant():
+  """The loop's pattern (`_eta`, traced side, per-example corner and orientation)."""
+  grid = jnp.zeros((3, 16, 16, 1))
+  top, left = jnp.array([0, 3, 9]), jnp.array([0, 5, 2])
+  transpose = jnp.array([False, True, False]).reshape(3, 1, 1, 1)
+  eta = jax.jit(lambda side: sq_module._eta(*sq_module._coords(grid, top, left), side,
+                                            transpose, 16))
+  for side in (1, 3, 4, 7):
+    got = np.asarray(eta(side))[..., 0]
+    want = window_pattern(side)
+    for n, (t, l) in enumerate(zip(np.asarray(top), np.asarray(left))):
+      np.testing.assert_allclose(got[n, t:t + side, l:l + side], want.T if n == 1 else want,
+                                 atol=1e-6)
+      assert abs(np.abs(got[n]).sum() - np.abs(want).sum()) < 1e-5  # 0 outside the window
 
 
 def _bad_calls(fn, x, y):
