@@ -19,6 +19,7 @@ from invjax.attacks.invariance import (MetamericResult, label_agreement, metamer
                                        metameric_attack_from_model)
 from invjax.attacks.latent import LatentInfo, latent_attack, latent_attack_from_model
 from invjax.attacks.result import AttackResult, distances, from_adversarial
+from invjax.attacks.square import square
 
 __all__ = (
     "AttackResult",
@@ -34,4 +35,5 @@ __all__ = (
     "metameric_attack",
     "metameric_attack_from_model",
     "pgd",
+    "square",
 )
