@@ -14,6 +14,7 @@ Modules:
     report: its tables and figures.
 """
 from invjax.attacks.cw import carlini_wagner_l2
+from invjax.attacks.fab import fab
 from invjax.attacks.gradient import fgsm, pgd
 from invjax.attacks.invariance import (MetamericResult, label_agreement, metameric_attack,
                                        metameric_attack_from_model)
@@ -27,6 +28,7 @@ __all__ = (
     "MetamericResult",
     "carlini_wagner_l2",
     "distances",
+    "fab",
     "fgsm",
     "from_adversarial",
     "label_agreement",
