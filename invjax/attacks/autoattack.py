@@ -213,6 +213,11 @@ def _predict(logits_fn: LogitsFn, x, batch_size: Optional[int]) -> np.ndarray:
   return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
+def predict(logits_fn: LogitsFn, x, batch_size: Optional[int] = None) -> np.ndarray:
+  """`logits_fn(x)` as numpy, jitted once per `logits_fn`, `batch_size` points at a time."""
+  return _predict(logits_fn, x, batch_size)
+
+
 def _distances(x, x_adv, norm: str) -> np.ndarray:
   d = (np.asarray(x_adv, np.float64) - np.asarray(x, np.float64)).reshape(len(x), -1)
   return np.max(np.abs(d), axis=1) if norm == "linf" else np.sqrt(np.sum(d * d, axis=1))
@@ -226,6 +231,13 @@ def _confirmed(logits_fn, x, x_adv, y, epsilon, norm, batch_size):
   valid = np.all(np.isfinite(flat) & (flat >= 0.0) & (flat <= 1.0), axis=1)
   within = _distances(x, x_adv, norm) <= epsilon * (1 + BUDGET_RTOL) + BUDGET_ATOL
   return pred != np.asarray(y), valid & within
+
+
+def confirmed(logits_fn: LogitsFn, x, x_adv, y, *, epsilon: float, norm: str,
+              batch_size: Optional[int] = None) -> np.ndarray:
+  """bool [n]: `x_adv` is inside the budget and [0, 1] and misclassified by `logits_fn`."""
+  mis, ok = _confirmed(logits_fn, x, x_adv, y, float(epsilon), norm, batch_size)
+  return mis & ok
 
 
 def _sanity_checks(logits_fn, x, y, correct, num_classes, steps, batch_size, flags):

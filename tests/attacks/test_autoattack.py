@@ -45,23 +45,29 @@ def _fab(logits_fn, x, y, *, key, epsilon=None, norm="linf", num_steps=100, num_
 
 @functools.partial(jax.jit, static_argnames=("logits_fn", "norm", "num_queries"))
 def _search(logits_fn, x, y, key, epsilon, *, norm, num_queries):
-  """Score-based random search over the ball's surface: keeps a draw when the margin drops."""
-  def draw(k):
-    noise = jax.random.normal(k, x.shape)
-    delta = jnp.sign(noise) if norm == "linf" else geometry.unit_l2(noise)
-    return geometry.project(x + epsilon * delta, x, epsilon, norm)
+  """Score-based random search on the ball's surface: from a random direction, each query
+  redraws a tenth of the coordinates and keeps the draw when the margin drops."""
+  def unit(d):
+    return jnp.sign(d) if norm == "linf" else geometry.unit_l2(d)
 
   def body(i, state):
-    best, margin = state
-    cand = draw(jax.random.fold_in(key, i))
-    m = geometry.logit_margin(logits_fn(cand), y)
+    direction, margin = state
+    k_mask, k_new = jax.random.split(jax.random.fold_in(key, i))
+    redraw = jax.random.uniform(k_mask, x.shape) < 0.1
+    cand = jnp.where(redraw, jax.random.normal(k_new, x.shape), direction)
+    m = geometry.logit_margin(logits_fn(geometry.project(x + epsilon * unit(cand), x, epsilon,
+                                                         norm)), y)
     better = (m < margin) & (margin >= 0)
-    return (jnp.where(geometry.per_example(better, x.ndim) > 0, cand, best),
+    return (jnp.where(geometry.per_example(better, x.ndim) > 0, cand, direction),
             jnp.where(better, m, margin))
 
-  start = geometry.logit_margin(logits_fn(x), y)
-  best, _ = lax.fori_loop(0, num_queries, body, (x, start))
-  return from_adversarial(logits_fn, x, best, y, num_forward_evals=num_queries)
+  key, k_start = jax.random.split(key)
+  start = jax.random.normal(k_start, x.shape)
+  margin = geometry.logit_margin(logits_fn(geometry.project(x + epsilon * unit(start), x,
+                                                            epsilon, norm)), y)
+  direction, _ = lax.fori_loop(0, num_queries, body, (start, margin))
+  best = geometry.project(x + epsilon * unit(direction), x, epsilon, norm)
+  return from_adversarial(logits_fn, x, best, y, num_forward_evals=num_queries + 1)
 
 
 def _square(logits_fn, x, y, *, key, epsilon, norm="linf", num_queries=5000):
