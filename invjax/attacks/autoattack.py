@@ -3,15 +3,12 @@
   report = autoattack(logits_fn, x, y, key=key, epsilon=8 / 255, norm="linf")
   report.robust_accuracy, report.broken_by[i], report.x_adv, report.to_json()
 
-Protocol of the reference implementation (fra31/auto-attack, `autoattack.py`), version
-"standard", for L_inf and L2 alike:
-
+The reference's protocol (fra31/auto-attack, `autoattack.py`), "standard", L_inf and L2:
   1. "apgd-ce": APGD on the cross-entropy, 100 iterations, 1 restart;
   2. "apgd-t":  APGD on the targeted DLR loss, the 9 most likely other classes, 100
      iterations, 1 restart per target;
   3. "fab-t":   targeted FAB, 9 target classes, 100 iterations, 1 restart;
   4. "square":  Square attack, 5,000 queries, 1 restart.
-
 "plus" runs APGD-CE and APGD-DLR with 5 restarts, untargeted FAB with 5 restarts, Square,
 APGD-T and FAB-T. `schedule(version, norm, num_steps=..., num_queries=...)` gives the steps
 with smaller (or larger) budgets, e.g. for a smoke run; pass them as `steps=`.
@@ -23,7 +20,6 @@ evaluated on it again here (the attack's own `success` is not trusted); that inp
 the point's adversarial. At the end every reported adversarial is checked once more on the
 model and an `InvjaxError` is raised if any fails (a randomised model fails it: make it
 deterministic with `invjax.attacks.eot.expectation_logits`).
-
 The attacks come from `invjax.attacks.apgd` (`apgd`, `apgd_targeted`), `invjax.attacks.fab`
 (`fab`) and `invjax.attacks.square` (`square`), imported when first needed; `attacks=` maps
 any of those four names to a callable with the same signature instead.
@@ -60,12 +56,9 @@ LogitsFn = inputs.LogitsFn
 
 VERSIONS = ("standard", "plus")
 # registry name -> (module, function)
-ATTACK_MODULES = {
-    "apgd": ("invjax.attacks.apgd", "apgd"),
-    "apgd_targeted": ("invjax.attacks.apgd", "apgd_targeted"),
-    "fab": ("invjax.attacks.fab", "fab"),
-    "square": ("invjax.attacks.square", "square"),
-}
+ATTACK_MODULES = {"apgd": ("invjax.attacks.apgd", "apgd"), "fab": ("invjax.attacks.fab", "fab"),
+                  "apgd_targeted": ("invjax.attacks.apgd", "apgd_targeted"),
+                  "square": ("invjax.attacks.square", "square")}
 # A reported adversarial may exceed epsilon by float rounding only.
 BUDGET_RTOL, BUDGET_ATOL = 1e-4, 1e-6
 RANDOMIZED_TOL = 1e-4  # max L2 distance of the L2-normalised logits of two passes
@@ -206,16 +199,11 @@ def _jitted(logits_fn: LogitsFn) -> Tuple[Callable, Callable]:
   return jax.jit(logits_fn), jax.jit(jax.grad(ce))
 
 
-def _predict(logits_fn: LogitsFn, x, batch_size: Optional[int]) -> np.ndarray:
-  fn = _jitted(logits_fn)[0]
-  x = np.asarray(x)
-  parts = [np.asarray(fn(x[c])) for c in _chunks(np.arange(len(x)), batch_size)]
-  return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-
-
 def predict(logits_fn: LogitsFn, x, batch_size: Optional[int] = None) -> np.ndarray:
   """`logits_fn(x)` as numpy, jitted once per `logits_fn`, `batch_size` points at a time."""
-  return _predict(logits_fn, x, batch_size)
+  fn, x = _jitted(logits_fn)[0], np.asarray(x)
+  parts = [np.asarray(fn(x[c])) for c in _chunks(np.arange(len(x)), batch_size)]
+  return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
 def _distances(x, x_adv, norm: str) -> np.ndarray:
@@ -223,21 +211,15 @@ def _distances(x, x_adv, norm: str) -> np.ndarray:
   return np.max(np.abs(d), axis=1) if norm == "linf" else np.sqrt(np.sum(d * d, axis=1))
 
 
-def _confirmed(logits_fn, x, x_adv, y, epsilon, norm, batch_size):
-  """(misclassified, inside the budget and [0, 1]) per point, the model evaluated here."""
+def confirm(logits_fn: LogitsFn, x, x_adv, y, *, epsilon: float, norm: str,
+            batch_size: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+  """(misclassified by `logits_fn`, inside the budget and [0, 1]), bool [n] each, for `x_adv`."""
   x_adv = np.asarray(x_adv)
-  pred = np.argmax(_predict(logits_fn, x_adv, batch_size), axis=-1)
+  pred = np.argmax(predict(logits_fn, x_adv, batch_size), axis=-1)
   flat = x_adv.reshape(len(x_adv), -1)
   valid = np.all(np.isfinite(flat) & (flat >= 0.0) & (flat <= 1.0), axis=1)
   within = _distances(x, x_adv, norm) <= epsilon * (1 + BUDGET_RTOL) + BUDGET_ATOL
   return pred != np.asarray(y), valid & within
-
-
-def confirmed(logits_fn: LogitsFn, x, x_adv, y, *, epsilon: float, norm: str,
-              batch_size: Optional[int] = None) -> np.ndarray:
-  """bool [n]: `x_adv` is inside the budget and [0, 1] and misclassified by `logits_fn`."""
-  mis, ok = _confirmed(logits_fn, x, x_adv, y, float(epsilon), norm, batch_size)
-  return mis & ok
 
 
 def _sanity_checks(logits_fn, x, y, correct, num_classes, steps, batch_size, flags):
@@ -321,7 +303,7 @@ def autoattack(logits_fn: LogitsFn, x, y, *, key: jax.Array, epsilon: float,
   x = np.asarray(x, np.float32)
   y = np.asarray(y).astype(np.int32)
   n = len(x)
-  clean_logits = _predict(logits_fn, x, batch_size)
+  clean_logits = predict(logits_fn, x, batch_size)
   correct = np.argmax(clean_logits, axis=-1) == y
   flags: Dict[str, str] = {}
   steps = _sanity_checks(logits_fn, x, y, correct, clean_logits.shape[1], steps, batch_size,
@@ -340,11 +322,13 @@ def autoattack(logits_fn: LogitsFn, x, y, *, key: jax.Array, epsilon: float,
           key=jax.random.fold_in(jax.random.fold_in(key, s), c), epsilon=epsilon, norm=norm,
           **step.kwargs)
       cand = np.asarray(result.x_adv)
-      mis, ok = _confirmed(logits_fn, x[chunk], cand, y[chunk], epsilon, norm, batch_size)
+      mis, ok = confirm(logits_fn, x[chunk], cand, y[chunk], epsilon=epsilon, norm=norm,
+                        batch_size=batch_size)
       reported = np.asarray(result.success, bool)
-      valid = np.all(np.isfinite(cand.reshape(len(chunk), -1)), axis=1)
+      flat = cand.reshape(len(chunk), -1)
+      in_box = np.all(np.isfinite(flat) & (flat >= 0.0) & (flat <= 1.0), axis=1)
       if step.minimal_norm:  # a success beyond epsilon is a minimal-norm attack's normal answer
-        beyond = reported & mis & ~ok & valid
+        beyond = reported & mis & ~ok & in_box
         outside += int(np.sum(beyond))
         unconfirmed += int(np.sum(reported & ~(mis & ok) & ~beyond))
       else:
@@ -390,7 +374,8 @@ def check_adversarials(logits_fn: LogitsFn, x, y, x_adv, broken_by: Sequence[Opt
   idx = np.flatnonzero(attacked)
   if not idx.size:
     return
-  mis, ok = _confirmed(logits_fn, x[idx], x_adv[idx], y[idx], epsilon, norm, batch_size)
+  mis, ok = confirm(logits_fn, x[idx], x_adv[idx], y[idx], epsilon=epsilon, norm=norm,
+                    batch_size=batch_size)
   bad = idx[~(mis & ok)]
   if bad.size:
     raise checks.InvjaxError(
@@ -412,3 +397,18 @@ def markdown_table(reports: Sequence[AutoAttackReport]) -> str:
                  f"{r.robust_accuracy:.1%} | " + " | ".join(after.get(k, "") for k in names)
                  + f" | {', '.join(sorted(r.flags)) or '-'} |")
   return "\n".join(lines) + "\n"
+
+
+def robustness_json(reports: Sequence[AutoAttackReport], **metadata: Any) -> Dict[str, Any]:
+  """A RobustBench-style summary of one norm's reports (one per epsilon): `metadata` (model,
+  dataset, ...), the threat model, clean and AutoAttack accuracy at the first epsilon, the
+  union of the flags (`unreliable` when any), and every report's `to_json` (no per-point list)."""
+  if not reports:
+    raise checks.InvjaxError("robustness_json needs at least one report")
+  first = reports[0]
+  flags = sorted({name for r in reports for name in r.flags})
+  return {**metadata, "threat_model": {"linf": "Linf", "l2": "L2"}[first.norm],
+          "norm": first.norm, "version": first.version, "num_examples": first.num_examples,
+          "eps": first.epsilon, "clean_acc": first.clean_accuracy,
+          "autoattack_acc": first.robust_accuracy, "flags": flags, "unreliable": bool(flags),
+          "evaluations": [r.to_json(per_example=False) for r in reports]}

@@ -183,7 +183,8 @@ def masking_report(model_fn: LogitsFn, x, y, *, key: jax.Array, epsilon: float,
     t0 = time.time()
     result = attack(fn, jnp.asarray(x), jnp.asarray(y), key=jax.random.fold_in(key, i),
                     epsilon=epsilon, norm=norm, **budget)
-    broken = aa.confirmed(model_fn, x, np.asarray(result.x_adv), y, epsilon=epsilon, norm=norm)
+    mis, ok = aa.confirm(model_fn, x, np.asarray(result.x_adv), y, epsilon=epsilon, norm=norm)
+    broken = mis & ok
     robust[name] = float(np.mean(correct & ~broken))
     seconds[name] = time.time() - t0
   gaps = {name: robust[name] - robust["square"] for name in gradients}

@@ -40,8 +40,8 @@ def _points(n=24, seed=1):
 
 
 def _rate(logits_fn, x, y, x_adv):
-  return float(np.mean(aa.confirmed(logits_fn, x, np.asarray(x_adv), y, epsilon=EPS,
-                                    norm="linf")))
+  mis, ok = aa.confirm(logits_fn, x, np.asarray(x_adv), y, epsilon=EPS, norm="linf")
+  return float(np.mean(mis & ok))
 
 
 def test_masked_model_defeats_pgd_but_not_a_score_based_attack():
