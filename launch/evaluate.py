@@ -31,7 +31,8 @@ import numpy as np
 from invjax import data as data_lib
 from invjax._src import checks
 from invjax._src import io
-from invjax.attacks import autoattack
+from invjax.attacks.autoattack import (autoattack, markdown_table, resolve_attacks,
+                                       robustness_json, schedule)
 from invjax.attacks import suite
 from launch import attack
 from launch import runtime
@@ -43,7 +44,7 @@ def _steps(config):
   """The attacks of `config.version` with the config's budgets (validates norm and epsilons)."""
   if not config.epsilons or any(not float(e) > 0 for e in config.epsilons):
     raise checks.InvjaxError(f"epsilons must be positive, got {tuple(config.epsilons)}")
-  return autoattack.schedule(
+  return schedule(
       config.version, config.norm, num_steps=config.attack_steps,
       num_queries=config.square_queries, num_restarts=config.num_restarts,
       num_target_classes=config.num_target_classes)
@@ -56,7 +57,7 @@ def run(config, workdir: str, data_dir: Optional[str] = None,
   `attacks`: registry overrides passed on to `autoattack` (default: the invjax attacks).
   """
   steps = _steps(config)
-  autoattack.resolve_attacks(steps, attacks)  # a missing attack fails before any training
+  resolve_attacks(steps, attacks)  # a missing attack fails before any training
   os.makedirs(workdir, exist_ok=True)
   train_ds = data_lib.load(config.dataset, "train", data_dir)
   test_ds = data_lib.load(config.dataset, "test", data_dir)
@@ -69,17 +70,17 @@ def run(config, workdir: str, data_dir: Optional[str] = None,
   key = jax.random.PRNGKey(config.seed)
   reports = []
   for i, eps in enumerate(config.epsilons):
-    report = autoattack.autoattack(
+    report = autoattack(
         logits_fn, x, y, key=jax.random.fold_in(key, i), epsilon=float(eps), norm=config.norm,
         version=config.version, steps=steps, attacks=attacks,
         batch_size=config.attack_batch_size)
     logging.info("%s eps %.4g: clean %.1f%%, robust %.1f%% (%.0f s)", config.norm, eps,
                  100 * report.clean_accuracy, 100 * report.robust_accuracy, report.seconds)
     reports.append(report)
-  summary = autoattack.robustness_json(
+  summary = robustness_json(
       reports, dataset=config.dataset, architecture=spec["flow"]["name"], model=spec,
       checkpoint_step=step, budgets={s.name: dict(s.kwargs) for s in steps})
-  table = autoattack.markdown_table(reports)
+  table = markdown_table(reports)
   io.write_json(os.path.join(workdir, JSON_FILE), summary)
   io.write_text(os.path.join(workdir, TABLE_FILE),
                 f"# AutoAttack ({config.version}), {n} test images of {config.dataset}, "

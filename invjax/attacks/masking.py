@@ -40,7 +40,8 @@ import numpy as np
 
 from invjax._src import checks
 from invjax._src.geometry import NORMS
-from invjax.attacks import autoattack as aa
+# by name from the module: `invjax.attacks.autoattack` may be the function in the package
+from invjax.attacks.autoattack import Step, confirm, predict, resolve_attacks
 from invjax.attacks import inputs
 
 LogitsFn = inputs.LogitsFn
@@ -170,12 +171,12 @@ def masking_report(model_fn: LogitsFn, x, y, *, key: jax.Array, epsilon: float,
   if not gradients:
     raise checks.InvjaxError("gradients must name at least one surrogate logits_fn")
   checks.check_positive(threshold, "threshold", strict=False)
-  steps = [aa.Step("apgd", "apgd", {}), aa.Step("square", "square", {})]
-  registry = aa.resolve_attacks(steps, attacks)
+  steps = [Step("apgd", "apgd", {}), Step("square", "square", {})]
+  registry = resolve_attacks(steps, attacks)
   apgd_kwargs = dict(dict(loss="ce", num_steps=100), **(apgd_kwargs or {}))
   square_kwargs = dict(dict(num_queries=5000), **(square_kwargs or {}))
   x, y, epsilon = np.asarray(x, np.float32), np.asarray(y).astype(np.int32), float(epsilon)
-  correct = np.argmax(aa.predict(model_fn, x), axis=1) == y
+  correct = np.argmax(predict(model_fn, x), axis=1) == y
   robust, seconds = {}, {}
   runs = [(name, registry["apgd"], fn, apgd_kwargs) for name, fn in gradients.items()]
   runs.append(("square", registry["square"], model_fn, square_kwargs))
@@ -183,7 +184,7 @@ def masking_report(model_fn: LogitsFn, x, y, *, key: jax.Array, epsilon: float,
     t0 = time.time()
     result = attack(fn, jnp.asarray(x), jnp.asarray(y), key=jax.random.fold_in(key, i),
                     epsilon=epsilon, norm=norm, **budget)
-    mis, ok = aa.confirm(model_fn, x, np.asarray(result.x_adv), y, epsilon=epsilon, norm=norm)
+    mis, ok = confirm(model_fn, x, np.asarray(result.x_adv), y, epsilon=epsilon, norm=norm)
     broken = mis & ok
     robust[name] = float(np.mean(correct & ~broken))
     seconds[name] = time.time() - t0

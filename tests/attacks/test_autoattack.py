@@ -17,7 +17,8 @@ import pytest
 
 from invjax._src import checks
 from invjax._src import geometry
-from invjax.attacks import autoattack as aa
+from invjax.attacks.autoattack import (AutoAttackWarning, Step, autoattack, check_adversarials,
+                                       markdown_table, schedule)
 from invjax.attacks import gradient
 from invjax.attacks.result import from_adversarial
 
@@ -80,7 +81,7 @@ KEY = jax.random.PRNGKey(0)
 
 def _quiet(fn, *args, **kwargs):
   with warnings.catch_warnings():
-    warnings.simplefilter("ignore", aa.AutoAttackWarning)
+    warnings.simplefilter("ignore", AutoAttackWarning)
     return fn(*args, **kwargs)
 
 
@@ -89,7 +90,7 @@ def _quiet(fn, *args, **kwargs):
 
 def test_standard_schedule_is_the_reference_protocol():
   for norm in ("linf", "l2"):
-    steps = aa.schedule("standard", norm)
+    steps = schedule("standard", norm)
     assert [s.name for s in steps] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     by = {s.name: s for s in steps}
     assert by["apgd-ce"].attack == "apgd"
@@ -99,16 +100,16 @@ def test_standard_schedule_is_the_reference_protocol():
                                             num_target_classes=9)
     assert by["fab-t"].minimal_norm and not by["apgd-ce"].minimal_norm
     assert dict(by["square"].kwargs) == dict(num_queries=5000)
-  plus = aa.schedule("plus", "linf")
+  plus = schedule("plus", "linf")
   assert [s.name for s in plus] == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
   assert plus[1].kwargs["loss"] == "dlr" and plus[1].kwargs["num_restarts"] == 5
-  small = aa.schedule("standard", "linf", num_steps=5, num_queries=50, num_target_classes=3)
+  small = schedule("standard", "linf", num_steps=5, num_queries=50, num_target_classes=3)
   assert [s.kwargs.get("num_steps") for s in small] == [5, 5, 5, None]
   assert small[3].kwargs["num_queries"] == 50 and small[2].kwargs["num_target_classes"] == 3
   with pytest.raises(checks.InvjaxError, match="version"):
-    aa.schedule("rand")
+    schedule("rand")
   with pytest.raises(checks.InvjaxError, match="num_steps"):
-    aa.schedule(num_steps=0)
+    schedule(num_steps=0)
 
 
 def _linear_problem(n=48, d=20, seed=0):
@@ -129,9 +130,9 @@ def test_worst_case_matches_the_closed_form_minimal_distance(norm, eps):
   dual = {"linf": 1, "l2": 2}[norm]  # minimal distance: margin / ||w_y - w_other||_dual
   dist = np.abs(logits[:, 0] - logits[:, 1]) / np.linalg.norm(w[:, 0] - w[:, 1], ord=dual)
   correct = np.argmax(logits, 1) == y
-  steps = aa.schedule("standard", norm, num_steps=20, num_queries=200)
-  with pytest.warns(aa.AutoAttackWarning, match="target classes"):
-    report = aa.autoattack(logits_fn, x, y, key=KEY, epsilon=eps, norm=norm,
+  steps = schedule("standard", norm, num_steps=20, num_queries=200)
+  with pytest.warns(AutoAttackWarning, match="target classes"):
+    report = autoattack(logits_fn, x, y, key=KEY, epsilon=eps, norm=norm,
                            attacks=STAND_INS, steps=steps)
   assert "too_few_classes" in report.flags  # 2 classes, 9 targets asked
   assert set(report.flags) == {"too_few_classes"}
@@ -157,7 +158,7 @@ def test_worst_case_matches_the_closed_form_minimal_distance(norm, eps):
   saved = json.loads(json.dumps(report.to_json()))
   assert saved["robust_accuracy"] == report.robust_accuracy and len(saved["broken_by"]) == 48
   assert [a["name"] for a in saved["attacks"]] == ["apgd-ce", "apgd-t", "fab-t", "square"]
-  table = aa.markdown_table([report])
+  table = markdown_table([report])
   assert "| apgd-ce |" in table.splitlines()[0] and "too_few_classes" in table
 
 
@@ -194,8 +195,12 @@ def test_each_attack_runs_on_the_remaining_points_and_the_first_success_is_kept(
   calls = []
   attacks = {"apgd": _spy(calls, "apgd", [1, 2]), "apgd_targeted": _spy(calls, "t", [2, 3]),
              "fab": _spy(calls, "fab", []), "square": _spy(calls, "square", [9])}
-  report = aa.autoattack(_threshold_model, x, y, key=KEY, epsilon=0.05, attacks=attacks,
-                         steps=aa.schedule("standard", "linf", num_steps=3))
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    report = autoattack(_threshold_model, x, y, key=KEY, epsilon=0.05, attacks=attacks,
+                           steps=schedule("standard", "linf", num_steps=3))
+  messages = " ".join(str(w.message) for w in caught if w.category is AutoAttackWarning)
+  assert "Square broke 1 point(s)" in messages and "2 classes" in messages
   assert [c[0] for c in calls] == ["apgd", "t", "fab", "square"]
   assert calls[0][1] == pytest.approx(list(x[:, 0]))
   assert calls[1][1] == pytest.approx([x[i, 0] for i in (0, 3, 4, 5, 6, 7, 8, 9)])
@@ -208,8 +213,8 @@ def test_each_attack_runs_on_the_remaining_points_and_the_first_success_is_kept(
   assert "square_improved" in report.flags  # Square broke 1 of 10 after the gradient attacks
   assert report.robust_accuracy == pytest.approx(0.6)
   np.testing.assert_allclose(report.x_adv[[1, 2, 3, 9], 1], 0.53, atol=1e-6)
-  chunked = aa.autoattack(_threshold_model, x, y, key=KEY, epsilon=0.05, batch_size=3,
-                          attacks=attacks, steps=aa.schedule("standard", "linf", num_steps=3))
+  chunked = _quiet(autoattack, _threshold_model, x, y, key=KEY, epsilon=0.05, batch_size=3,
+                   attacks=attacks, steps=schedule("standard", "linf", num_steps=3))
   assert chunked.broken_by == report.broken_by
 
 
@@ -218,16 +223,18 @@ def test_unconfirmed_successes_are_rejected_and_flagged():
   calls = []
   attacks = dict(STAND_INS, apgd=_spy(calls, "apgd", [1, 2, 3], shift=0.1),  # beyond the budget
                  apgd_targeted=_spy(calls, "t", [], claim=True))  # claims, moves nothing
-  steps = aa.schedule("standard", "linf", num_steps=2)[:2]
-  with pytest.warns(aa.AutoAttackWarning, match="does not confirm"):
-    report = aa.autoattack(_threshold_model, x, y, key=KEY, epsilon=0.05, attacks=attacks,
+  steps = schedule("standard", "linf", num_steps=2)[:2]
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    report = autoattack(_threshold_model, x, y, key=KEY, epsilon=0.05, attacks=attacks,
                            steps=steps)
+  assert any("does not confirm" in str(w.message) for w in caught)
   assert report.broken_by == (None,) * 10
   assert [a.num_unconfirmed for a in report.attacks] == [3, 10]
   assert "unconfirmed_success" in report.flags
   # a minimal-norm attack's successes beyond epsilon are expected: counted, not flagged
-  fab = aa.Step("fab-t", "fab", {}, minimal_norm=True)
-  report = aa.autoattack(_threshold_model, x, y, key=KEY, epsilon=0.05, steps=[fab],
+  fab = Step("fab-t", "fab", {}, minimal_norm=True)
+  report = autoattack(_threshold_model, x, y, key=KEY, epsilon=0.05, steps=[fab],
                          attacks={"fab": _spy(calls, "fab", [4, 5], shift=0.1)})
   assert report.attacks[0].num_outside_budget == 2 and not report.flags
 
@@ -236,18 +243,18 @@ def test_final_check_raises_on_a_bad_adversarial():
   x, y = _spy_points(4)
   good = x.copy()
   good[1, 1] = 0.53
-  aa.check_adversarials(_threshold_model, x, y, good, [None, "a", None, None], epsilon=0.05,
+  check_adversarials(_threshold_model, x, y, good, [None, "a", None, None], epsilon=0.05,
                         norm="linf")
   far = x.copy()
   far[1, 1] = 0.6  # misclassified but outside the ball
   with pytest.raises(checks.InvjaxError, match="final check"):
-    aa.check_adversarials(_threshold_model, x, y, far, [None, "a", None, None], epsilon=0.05,
+    check_adversarials(_threshold_model, x, y, far, [None, "a", None, None], epsilon=0.05,
                           norm="linf")
   with pytest.raises(checks.InvjaxError, match="final check"):  # still classified correctly
-    aa.check_adversarials(_threshold_model, x, y, x, [None, "a", None, None], epsilon=0.05,
+    check_adversarials(_threshold_model, x, y, x, [None, "a", None, None], epsilon=0.05,
                           norm="linf")
   with pytest.raises(checks.InvjaxError, match="x_adv != x"):
-    aa.check_adversarials(_threshold_model, x, y, good, [None] * 4, epsilon=0.05, norm="linf")
+    check_adversarials(_threshold_model, x, y, good, [None] * 4, epsilon=0.05, norm="linf")
 
 
 # ----------------------------------------------------------------------------- sanity flags
@@ -255,23 +262,23 @@ def test_final_check_raises_on_a_bad_adversarial():
 
 def test_flags_randomness_probabilities_and_nonfinite_gradients():
   x, y = _spy_points(6)
-  steps = [aa.Step("apgd-ce", "apgd", dict(num_steps=1))]
+  steps = [Step("apgd-ce", "apgd", dict(num_steps=1))]
   rng = np.random.default_rng(0)
   noisy = lambda v: _threshold_model(v) + jnp.asarray(rng.normal(size=(v.shape[0], 2)) * 1e-3,
                                                       jnp.float32)
-  with pytest.warns(aa.AutoAttackWarning, match="differ"):
-    report = aa.autoattack(noisy, x, y, key=KEY, epsilon=0.05, attacks=STAND_INS, steps=steps)
+  with pytest.warns(AutoAttackWarning, match="differ"):
+    report = autoattack(noisy, x, y, key=KEY, epsilon=0.05, attacks=STAND_INS, steps=steps)
   assert "randomized" in report.flags
   probs = lambda v: jax.nn.softmax(_threshold_model(v))
-  with pytest.warns(aa.AutoAttackWarning, match="probabilities"):
-    report = aa.autoattack(probs, x, y, key=KEY, epsilon=0.05, attacks=STAND_INS, steps=steps)
+  with pytest.warns(AutoAttackWarning, match="probabilities"):
+    report = autoattack(probs, x, y, key=KEY, epsilon=0.05, attacks=STAND_INS, steps=steps)
   assert set(report.flags) == {"probabilities"}
   nan_grad = lambda v: _threshold_model(v) + jnp.sqrt(v - v)[:, :1]
-  with pytest.warns(aa.AutoAttackWarning, match="NaN or infinite"):
-    report = aa.autoattack(nan_grad, x, y, key=KEY, epsilon=0.05, attacks=STAND_INS,
+  with pytest.warns(AutoAttackWarning, match="NaN or infinite"):
+    report = autoattack(nan_grad, x, y, key=KEY, epsilon=0.05, attacks=STAND_INS,
                            steps=steps)
   assert "nonfinite_gradients" in report.flags
-  clean = _quiet(aa.autoattack, _threshold_model, x, y, key=KEY, epsilon=0.05,
+  clean = _quiet(autoattack, _threshold_model, x, y, key=KEY, epsilon=0.05,
                  attacks=STAND_INS, steps=steps)
   assert not clean.flags
 
@@ -282,11 +289,11 @@ def test_bad_inputs_raise():
                         (dict(epsilon=-1.0), "epsilon"),
                         (dict(epsilon=np.full(4, 0.1)), "scalar"),
                         (dict(batch_size=0), "batch_size"),
-                        (dict(steps=[aa.Step("x", "deepfool", {})]), "unknown attack")):
+                        (dict(steps=[Step("x", "deepfool", {})]), "unknown attack")):
     call = dict(key=KEY, epsilon=0.05, attacks=STAND_INS)
     call.update(kwargs)
     with pytest.raises(checks.InvjaxError, match=match):
-      aa.autoattack(_threshold_model, x, y, **call)
+      autoattack(_threshold_model, x, y, **call)
 
 
 def test_real_attacks_registry():
@@ -298,11 +305,11 @@ def test_real_attacks_registry():
   logits_fn = lambda v: v.reshape(v.shape[0], -1) @ w
   x = rng.uniform(0.2, 0.8, size=(12, 8, 8, 3)).astype(np.float32)
   y = np.asarray(jnp.argmax(logits_fn(jnp.asarray(x)), 1))
-  steps = aa.schedule("standard", "linf", num_steps=10, num_queries=100)
-  report = aa.autoattack(logits_fn, x, y, key=KEY, epsilon=4 / 255, steps=steps)
+  steps = schedule("standard", "linf", num_steps=10, num_queries=100)
+  report = autoattack(logits_fn, x, y, key=KEY, epsilon=4 / 255, steps=steps)
   assert report.clean_accuracy == 1.0 and not report.flags
   assert [a.name for a in report.attacks] == ["apgd-ce", "apgd-t", "fab-t", "square"]
-  alone = aa.autoattack(logits_fn, x, y, key=KEY, epsilon=4 / 255, steps=steps[:1])
+  alone = autoattack(logits_fn, x, y, key=KEY, epsilon=4 / 255, steps=steps[:1])
   assert report.robust_accuracy <= alone.robust_accuracy
   assert report.attacks[0].grad_evals > 0
   broken = sum(a.num_broken for a in report.attacks)
