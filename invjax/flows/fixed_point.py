@@ -26,6 +26,10 @@ whose solves are again fixed-point iterations (`v <- b + (df/dx) v`, and the tra
 one with vector-Jacobian products), contractions whenever `f` is. Forward mode, reverse
 mode and `linearize` + `linear_transpose` all work, at the cost of one extra fixed-point
 iteration per derivative.
+
+`fixed_point_unrolled` runs a fixed number of updates and is differentiated through every
+one of them (the "unrolled" derivative of a truncated solver, which is what a naive
+implementation gets; compare it with the implicit one when judging gradient masking).
 """
 from __future__ import annotations
 
@@ -201,6 +205,38 @@ def fixed_point_implicit(f: Callable[[Any, Array], Array], params: Any, x0: Arra
       solve=lambda _, b: _linear_fixed_point(apply_j, b, grad_tol, grad_iters),
       transpose_solve=lambda _, b: _linear_fixed_point(apply_jt, b, grad_tol, grad_iters))
   return x_star + correction, info
+
+
+def fixed_point_unrolled(f: Callable[[Array], Array], x0: Array, *,
+                         num_iter: int) -> tuple[Array, FixedPointInfo]:
+  """Exactly `num_iter` updates `x <- f(x)` from `x0`, differentiable through the iterations.
+
+  Unlike `fixed_point`, nothing stops early and no tolerance applies: the result is the
+  `num_iter`-th iterate, and its derivatives (forward and reverse mode, in `x0` and in
+  whatever `f` closes over) are those of the composition `f o ... o f` (a `lax.scan`),
+  not those of the fixed point.
+
+  Args:
+    f: batch-first map `[batch, ...] -> [batch, ...]` (same shape).
+    x0: `[batch, ...]` starting point.
+    num_iter: number of updates, a Python int >= 0.
+
+  Returns:
+    `(x, info)`; `info.residual` is `max |f(x) - x|` per example at the returned `x` (one
+    more evaluation of `f`) and `info.iterations == num_iter`.
+  """
+  checks.check_floating(x0, "x0")
+  if np.ndim(x0) < 1:
+    raise checks.InvjaxError(f"x0 must be batch-first (rank >= 1), got shape {np.shape(x0)}")
+  if not isinstance(num_iter, (int, np.integer)) or isinstance(num_iter, bool) or num_iter < 0:
+    raise checks.InvjaxError(f"num_iter must be a Python int >= 0, got {num_iter!r}")
+  out = jax.eval_shape(f, x0)
+  if out.shape != x0.shape:
+    raise checks.InvjaxError(
+        f"f must map x0's shape {tuple(x0.shape)} to itself, got {tuple(out.shape)}")
+  x, _ = lax.scan(lambda x, _: (f(x), None), x0, None, length=int(num_iter))
+  residual = _batch_max_abs(f(x) - x)
+  return x, FixedPointInfo(residual=residual, iterations=jnp.asarray(int(num_iter), jnp.int32))
 
 
 def check_converged(info: FixedPointInfo, tol: float = 1e-5) -> FixedPointInfo:

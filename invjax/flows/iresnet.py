@@ -17,7 +17,9 @@ operator norm `<= coeff < 1`) separated by 1-Lipschitz activations (LipSwish or 
   `ConvergenceWarning` naming the residual, also under `jax.jit` (`inverse_warn=False`, or
   `warn=False` per call, turns it off). The inverse is differentiable in `y` and in
   the weights, forward and reverse mode, by the implicit function theorem
-  (`fixed_point_implicit`: `dx = (I + J_g(x))^{-1} (dy - dg)`, not by unrolling the loop).
+  (`fixed_point_implicit`: `dx = (I + J_g(x))^{-1} (dy - dg)`, not by unrolling the loop);
+  `inverse_transform(..., unroll=n)` instead runs `n` iterations and differentiates through
+  them (`fixed_point_unrolled`).
 
 `IResNet` stacks blocks in stages, with a space-to-depth squeeze between stages (conv
 blocks), sums the log-dets, and inverts blocks in reverse order. Its spectral layers keep
@@ -46,7 +48,7 @@ import numpy as np
 from invjax._src import checks
 from invjax.flows import logdet as logdet_lib
 from invjax.flows.activations import get_activation
-from invjax.flows.fixed_point import FixedPointInfo, fixed_point_implicit
+from invjax.flows.fixed_point import FixedPointInfo, fixed_point_implicit, fixed_point_unrolled
 from invjax.flows.spectral_norm import SpectralConv, SpectralDense, check_coeff
 from invjax.flows.squeeze import squeeze2d, unsqueeze2d
 
@@ -226,20 +228,26 @@ class IResNetBlock(BlockSettings):
     return x + self.g(x)
 
   def inverse_transform(self, y: Array, *, tol: Optional[float] = None,
-                        max_iter: Optional[Any] = None, warn: Optional[bool] = None
-                        ) -> Tuple[Array, FixedPointInfo]:
+                        max_iter: Optional[Any] = None, warn: Optional[bool] = None,
+                        unroll: Optional[int] = None) -> Tuple[Array, FixedPointInfo]:
     """Fixed-point inverse without the log-det: `(x, FixedPointInfo)`; sows the residual.
 
     `tol` / `max_iter` / `warn` override `inverse_tol` / `inverse_max_iter` / `inverse_warn`
-    (`max_iter` may be a traced integer, e.g. to sweep it under one `jit`).
+    (`max_iter` may be a traced integer, e.g. to sweep it under one `jit`). `unroll`: None
+    (implicit differentiation, see the module docstring), or a Python int: run exactly that
+    many iterations `x <- y - g(x)` and differentiate through them
+    (`fixed_point_unrolled`; no tolerance, no warning).
     """
     self._check_input(y, "y")
     _, g_fn, g_vars = self._g_pure(y)
-    x, info = fixed_point_implicit(
-        lambda p, z: p[1] - g_fn(p[0], z), (g_vars, y), y,
-        tol=self.inverse_tol if tol is None else tol,
-        max_iter=self.inverse_max_iter if max_iter is None else max_iter,
-        grad_max_iter=self.inverse_max_iter, warn=self.inverse_warn if warn is None else warn)
+    if unroll is not None:
+      x, info = fixed_point_unrolled(lambda z: y - g_fn(g_vars, z), y, num_iter=unroll)
+    else:
+      x, info = fixed_point_implicit(
+          lambda p, z: p[1] - g_fn(p[0], z), (g_vars, y), y,
+          tol=self.inverse_tol if tol is None else tol,
+          max_iter=self.inverse_max_iter if max_iter is None else max_iter,
+          grad_max_iter=self.inverse_max_iter, warn=self.inverse_warn if warn is None else warn)
     self.sow(DIAGNOSTICS, "inverse_residual", info.residual)
     self.sow(DIAGNOSTICS, "inverse_iterations", info.iterations)
     return x, info
@@ -319,12 +327,14 @@ class IResNet(BlockSettings):
     return x
 
   def inverse_transform(self, z: Array, *, tol: Optional[float] = None,
-                        max_iter: Optional[Any] = None, warn: Optional[bool] = None
+                        max_iter: Optional[Any] = None, warn: Optional[bool] = None,
+                        unroll: Optional[int] = None
                         ) -> Tuple[Array, Tuple[FixedPointInfo, ...]]:
     """Inverse without log-dets: `(x, per-block FixedPointInfo in forward block order)`.
 
     `tol` / `max_iter` / `warn` override the blocks' `inverse_tol` / `inverse_max_iter` /
-    `inverse_warn`.
+    `inverse_warn`; `unroll` (iterations differentiated through, per block) as in
+    `IResNetBlock.inverse_transform`.
     """
     self._check_input(z, "z")
     infos = {}
@@ -333,7 +343,7 @@ class IResNet(BlockSettings):
         z = unsqueeze2d(z)
       else:
         z, infos[i] = self.blocks[i].inverse_transform(z, tol=tol, max_iter=max_iter,
-                                                         warn=warn)
+                                                         warn=warn, unroll=unroll)
     return z, tuple(infos[i] for i in sorted(infos))
 
   def inverse_with_info(self, z: Array) -> Tuple[Array, Array, Tuple[FixedPointInfo, ...]]:
