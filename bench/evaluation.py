@@ -63,8 +63,8 @@ def run(num_images, epsilon, norm, cnn_steps, square_queries, parts) -> str:
   import torch  # pylint: disable=g-import-not-at-top
   import torchattacks  # pylint: disable=g-import-not-at-top
   from invjax.attacks import apgd as apgd_lib  # pylint: disable=g-import-not-at-top
-  from invjax.attacks import autoattack as aa_lib  # pylint: disable=g-import-not-at-top
-  from invjax.attacks import square as square_lib  # pylint: disable=g-import-not-at-top
+  from invjax.attacks import ensemble as aa_lib  # pylint: disable=g-import-not-at-top
+  from invjax.attacks import square_attack as square_lib  # pylint: disable=g-import-not-at-top
 
   model, variables = torch_cnn.train_small_cnn(cnn_steps)
   test = data_lib.load("cifar10_mini", "test")

@@ -1,6 +1,6 @@
 r"""AutoAttack on a trained invertible classifier: a RobustBench-style robustness.json.
 
-Runs `invjax.attacks.autoattack` (APGD-CE, APGD-T, FAB-T, Square on the points still robust,
+Runs `invjax.attacks.autoattack` (`invjax.attacks.ensemble`; APGD-CE, APGD-T, FAB-T, Square on the points still robust,
 the per-example worst case, the sanity flags) on the first `config.num_examples` test images
 at each of `config.epsilons` in `config.norm`, and writes to `--workdir`:
 robustness.json (clean and robust accuracy, epsilon, norm, per-attack breakdown, flags; one
@@ -31,7 +31,7 @@ import numpy as np
 from invjax import data as data_lib
 from invjax._src import checks
 from invjax._src import io
-from invjax.attacks.autoattack import (autoattack, markdown_table, resolve_attacks,
+from invjax.attacks.ensemble import (autoattack, markdown_table, resolve_attacks,
                                        robustness_json, schedule)
 from invjax.attacks import suite
 from launch import attack

@@ -14,13 +14,13 @@ Modules:
     report: its tables and figures.
 """
 from invjax.attacks.cw import carlini_wagner_l2
-from invjax.attacks.fab import fab
+from invjax.attacks.fab_attack import fab
 from invjax.attacks.gradient import fgsm, pgd
 from invjax.attacks.invariance import (MetamericResult, label_agreement, metameric_attack,
                                        metameric_attack_from_model)
 from invjax.attacks.latent import LatentInfo, latent_attack, latent_attack_from_model
 from invjax.attacks.result import AttackResult, distances, from_adversarial
-from invjax.attacks.square import square
+from invjax.attacks.square_attack import square
 
 __all__ = (
     "AttackResult",

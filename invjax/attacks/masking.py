@@ -40,8 +40,7 @@ import numpy as np
 
 from invjax._src import checks
 from invjax._src.geometry import NORMS
-# by name from the module: `invjax.attacks.autoattack` may be the function in the package
-from invjax.attacks.autoattack import Step, confirm, predict, resolve_attacks
+from invjax.attacks.ensemble import Step, confirm, predict, resolve_attacks
 from invjax.attacks import inputs
 
 LogitsFn = inputs.LogitsFn

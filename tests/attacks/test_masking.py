@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from invjax.attacks.autoattack import AutoAttackWarning, autoattack, confirm, predict, schedule
+from invjax.attacks.ensemble import AutoAttackWarning, autoattack, confirm, predict, schedule
 from invjax.attacks import gradient
 from invjax.attacks import masking
 from invjax.flows import iresnet
 from invjax.flows.irevnet import IRevNet
 from invjax.flows.spectral_norm import converge_spectral_norms
-from tests.attacks.test_autoattack import STAND_INS
+from tests.attacks.test_ensemble import STAND_INS
 
 KEY = jax.random.PRNGKey(0)
 SHAPE = (8, 8, 3)
@@ -85,7 +85,7 @@ def test_masked_model_defeats_pgd_but_not_a_score_based_attack():
 def test_masked_model_with_the_real_attacks():
   """The imported APGD and Square (skipped until those modules exist)."""
   apgd = pytest.importorskip("invjax.attacks.apgd")
-  square = pytest.importorskip("invjax.attacks.square")
+  square = pytest.importorskip("invjax.attacks.square_attack")
   x, y = _points()
   r_apgd = apgd.apgd(_quantised, x, y, key=KEY, epsilon=EPS, num_steps=10)
   r_square = square.square(_quantised, x, y, key=KEY, epsilon=EPS, num_queries=300)

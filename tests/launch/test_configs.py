@@ -24,6 +24,8 @@ VARIANTS = {
     "attack": {"model=iresnet": "smoke", "model=irevnet": "smoke", "model=glow": "smoke"},
     "distill": {"": "smoke", "cpu": "smoke", "cpu,jacobian": "smoke"},
     "passeurs": {"": "smoke"},
+    "evaluate": {"model=iresnet": "smoke", "model=irevnet": "smoke", "model=glow": "smoke",
+                 "model=iresnet,norm=l2": "smoke,norm=l2"},
 }
 FULL = sorted((name, arg) for name, args in VARIANTS.items() for arg in args)
 # Alias file -> (experiment file, arg).

@@ -8,7 +8,7 @@ import pytest
 from invjax._src.checks import InvjaxError
 from launch import evaluate
 from launch.configs import evaluate as evaluate_config
-from tests.attacks.test_autoattack import STAND_INS
+from tests.attacks.test_ensemble import STAND_INS
 
 
 @pytest.fixture(scope="module", name="classifier_dir")

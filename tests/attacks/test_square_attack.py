@@ -1,6 +1,5 @@
 """Square attack: closed-form linear models, a masked-gradient model, the official schedule
 and window pattern, and torchattacks' Square on the same SmallCNN weights."""
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -12,13 +11,12 @@ import invjax
 from invjax import data
 from invjax._src import geometry
 from invjax.attacks import gradient
-from invjax.attacks.square import p_schedule, square, window_pattern
+from invjax.attacks import square_attack as sq_module
+from invjax.attacks.square_attack import p_schedule, square, window_pattern
 from invjax.nets import cnn
 
 SHAPE = (8, 8, 3)
 N = 32
-# The module (the package attribute `invjax.attacks.square` is the function).
-sq_module = importlib.import_module("invjax.attacks.square")
 Q = 300
 
 

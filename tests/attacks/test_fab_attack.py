@@ -1,4 +1,4 @@
-"""FAB (invjax.attacks.fab) against closed forms, scipy and torchattacks.
+"""FAB (invjax.attacks.fab_attack) against closed forms, scipy and torchattacks.
 
 Linear multiclass models `f(x) = x W + b` have a closed-form minimal distance to the
 decision boundary when the box is inactive: min over j != y of
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import invjax
-from invjax.attacks.fab import fab, project_to_plane
+from invjax.attacks.fab_attack import fab, project_to_plane
 
 N, D, K = 24, 32, 10
 STEPS = 20

@@ -17,7 +17,7 @@ import pytest
 
 from invjax._src import checks
 from invjax._src import geometry
-from invjax.attacks.autoattack import (AutoAttackWarning, Step, autoattack, check_adversarials,
+from invjax.attacks.ensemble import (AutoAttackWarning, Step, autoattack, check_adversarials,
                                        markdown_table, schedule)
 from invjax.attacks import gradient
 from invjax.attacks.result import from_adversarial

@@ -20,8 +20,8 @@ evaluated on it again here (the attack's own `success` is not trusted); that inp
 the point's adversarial. At the end every reported adversarial is checked once more on the
 model and an `InvjaxError` is raised if any fails (a randomised model fails it: make it
 deterministic with `invjax.attacks.eot.expectation_logits`).
-The attacks come from `invjax.attacks.apgd` (`apgd`, `apgd_targeted`), `invjax.attacks.fab`
-(`fab`) and `invjax.attacks.square` (`square`), imported when first needed; `attacks=` maps
+The attacks come from `invjax.attacks.autopgd` (`apgd`, `apgd_targeted`), `invjax.attacks.fab_attack`
+(`fab`) and `invjax.attacks.square_attack` (`square`), imported when first needed; `attacks=` maps
 any of those four names to a callable with the same signature instead.
 
 Sanity flags (as the reference's `checks.py`), each issued as an `AutoAttackWarning` and
@@ -56,9 +56,9 @@ LogitsFn = inputs.LogitsFn
 
 VERSIONS = ("standard", "plus")
 # registry name -> (module, function)
-ATTACK_MODULES = {"apgd": ("invjax.attacks.apgd", "apgd"), "fab": ("invjax.attacks.fab", "fab"),
+ATTACK_MODULES = {"apgd": ("invjax.attacks.apgd", "apgd"), "fab": ("invjax.attacks.fab_attack", "fab"),
                   "apgd_targeted": ("invjax.attacks.apgd", "apgd_targeted"),
-                  "square": ("invjax.attacks.square", "square")}
+                  "square": ("invjax.attacks.square_attack", "square")}
 # A reported adversarial may exceed epsilon by float rounding only.
 BUDGET_RTOL, BUDGET_ATOL = 1e-4, 1e-6
 RANDOMIZED_TOL = 1e-4  # max L2 distance of the L2-normalised logits of two passes
