@@ -22,11 +22,12 @@ with z_pi1 >= z_pi2 >= ... the sorted logits; its targeted form (towards class t
 (by clean logit) in turn, on the examples still robust; a misclassification is a success.
 
 Both attacks follow the invjax contract (`invjax.attacks.gradient`): batch-first, one
-compiled program (restarts and targets are an outer loop around the step loop, both
-`invjax._src.loops` loops), jit-able, per-example early stop (an example is frozen once
-adversarial: it neither moves nor counts gradient evaluations), outputs in [0, 1] and inside
-the ball, `success` re-checked on the model. The returned point is the adversarial one found,
-or the highest-loss point where none was.
+compiled program (`invjax._src.loops` loops: runs, i.e. restarts x targets, around chunks
+of the examples still robust, around the steps), jit-able, per-example early stop (an
+example is frozen once adversarial: it neither moves nor counts gradient evaluations; a
+chunk's loop ends when its examples are done, and later runs only visit the chunks of the
+examples left), outputs in [0, 1] and inside the ball, `success` re-checked on the model.
+The returned point is the adversarial one found, or the highest-loss point where none was.
 """
 from __future__ import annotations
 
@@ -51,7 +52,11 @@ LogitsFn = inputs.LogitsFn
 
 LOSSES = ("ce", "dlr")
 
-_DLR_TINY = 1e-12
+# Examples per chunk (`chunk_size=None`): on CPU the per-example cost of a step is flat from
+# a few dozen examples up, so small chunks cost nothing and let the work follow the examples
+# still robust; accelerators need larger batches to be busy.
+DEFAULT_CHUNK = 32
+DEFAULT_CHUNK_ACCELERATOR = 1024
 
 
 # ----------------------------------------------------------------------------- schedule & losses
@@ -77,14 +82,14 @@ def dlr_loss(logits: jax.Array, y: jax.Array) -> jax.Array:
   """Untargeted DLR loss (to maximise), float [batch]; needs >= 3 classes."""
   top = -jnp.sort(-logits, axis=-1)
   margin = geometry.logit_margin(logits, y)
-  return -margin / (top[:, 0] - top[:, 2] + _DLR_TINY)
+  return -margin / (top[:, 0] - top[:, 2] + geometry.TINY)
 
 
 def dlr_targeted_loss(logits: jax.Array, y: jax.Array, target: jax.Array) -> jax.Array:
   """Targeted DLR loss towards `target` (to maximise), float [batch]; needs >= 4 classes."""
   top = -jnp.sort(-logits, axis=-1)
   pick = lambda c: jnp.take_along_axis(logits, c[:, None], axis=-1)[:, 0]
-  return -(pick(y) - pick(target)) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + _DLR_TINY)
+  return -(pick(y) - pick(target)) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + geometry.TINY)
 
 
 def _attack_loss(logits, y, target, loss: str, targeted: bool) -> jax.Array:
@@ -93,11 +98,6 @@ def _attack_loss(logits, y, target, loss: str, targeted: bool) -> jax.Array:
       return -optax.softmax_cross_entropy_with_integer_labels(logits, target)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y)
   return dlr_targeted_loss(logits, y, target) if targeted else dlr_loss(logits, y)
-
-
-def _hit(logits, y, target, hit_target: bool) -> jax.Array:
-  pred = jnp.argmax(logits, axis=-1)
-  return pred == target if hit_target else pred != y
 
 
 # ----------------------------------------------------------------------------- public API
@@ -110,8 +110,7 @@ def _validate(logits_fn, x, y, *, key, epsilon, norm, loss, num_steps, num_resta
   inputs.check_positive_int(num_steps, "num_steps")
   inputs.check_positive_int(num_restarts, "num_restarts")
   checks.check_in_open_interval(rho, 0.0, 1.0, "rho")
-  checks.check_positive(momentum, "momentum")
-  if checks.is_concrete(momentum) and float(momentum) > 1.0:
+  if checks.is_concrete(momentum) and not 0.0 < float(momentum) <= 1.0:
     raise checks.InvjaxError(f"momentum must lie in (0, 1], got {float(momentum)}")
   if key is None:
     raise checks.InvjaxError("apgd starts at a random point of the ball: it needs a PRNG key")
@@ -127,7 +126,7 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps
          norm: str = "linf", loss: str = "ce", num_steps: int = 100, num_restarts: int = 1,
          targeted: bool = False, rho: float = 0.75, momentum: float = 0.75,
          early_stop: bool = True, target: Optional[jax.Array] = None,
-         unroll: Optional[bool] = None) -> AttackResult:
+         unroll: Optional[bool] = None, chunk_size: Optional[int] = None) -> AttackResult:
   """Auto-PGD (APGD-CE / APGD-DLR), L_inf or L2, in one compiled loop.
 
   Args:
@@ -151,6 +150,10 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps
     target: int [batch] target classes (only with `targeted`), each != y.
     unroll: trace the steps as straight-line code (`invjax._src.loops.resolve_unroll`;
       None decides by backend, loop length and model).
+    chunk_size: the most examples one run processes at a time (static). Each run (restart,
+      target) gathers the examples still robust into chunks and runs only those, each chunk's
+      step loop ending once its examples are done; the result does not depend on it. None:
+      `DEFAULT_CHUNK` on CPU, `DEFAULT_CHUNK_ACCELERATOR` elsewhere.
 
   Returns:
     AttackResult (success re-checked on the model; for `targeted`, against `target`);
@@ -173,15 +176,16 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps
     if target is not None:
       raise checks.InvjaxError("target= is only used with targeted=True")
     targets = jnp.zeros((batch, 1), jnp.int32)
-  return _run(logits_fn, x, y, targets, key, epsilon, rho, momentum, norm=norm, loss=loss,
-              num_steps=num_steps, num_restarts=num_restarts, targeted=targeted,
-              hit_target=targeted, early_stop=early_stop, unroll=unroll)
+  return _run(logits_fn, x, y, targets, key, epsilon, rho, momentum, unroll, chunk_size,
+              norm=norm, loss=loss, num_steps=num_steps, num_restarts=num_restarts,
+              targeted=targeted, hit_target=targeted, early_stop=early_stop)
 
 
 def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array,
                   epsilon, norm: str = "linf", num_steps: int = 100,
                   num_target_classes: int = 9, num_restarts: int = 1, rho: float = 0.75,
-                  momentum: float = 0.75, unroll: Optional[bool] = None) -> AttackResult:
+                  momentum: float = 0.75, unroll: Optional[bool] = None,
+                  chunk_size: Optional[int] = None) -> AttackResult:
   """APGD-T (AutoAttack): targeted-DLR APGD towards each of the top classes in turn.
 
   The targets of an example are the `num_target_classes` classes other than `y` with the
@@ -190,8 +194,8 @@ def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.A
   an untargeted attack), with early stop.
 
   Args:
-    logits_fn, x, y, key, epsilon, norm, num_steps, num_restarts, rho, momentum, unroll:
-      as in `apgd` (`y` the true labels).
+    logits_fn, x, y, key, epsilon, norm, num_steps, num_restarts, rho, momentum, unroll,
+    chunk_size: as in `apgd` (`y` the true labels).
     num_target_classes: how many target classes (static), in [1, classes - 1]; the model
       needs >= 4 classes (targeted DLR).
 
@@ -206,38 +210,37 @@ def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.A
     raise checks.InvjaxError(
         f"num_target_classes must be <= classes - 1 = {num_classes - 1}, "
         f"got {num_target_classes}")
-  targets = _top_targets(logits_fn, jnp.asarray(x), jnp.asarray(y), num_target_classes)
-  return _run(logits_fn, x, y, targets, key, epsilon, rho, momentum, norm=norm, loss="dlr",
-              num_steps=num_steps, num_restarts=num_restarts, targeted=True,
-              hit_target=False, early_stop=True, unroll=unroll)
-
-
-def _top_targets(logits_fn, x, y, k):
-  """int [batch, k]: the classes != y by decreasing clean logit."""
-  logits = logits_fn(x)
+  # The classes != y by decreasing clean logit.
+  logits = logits_fn(jnp.asarray(x))
   logits = jnp.where(jax.nn.one_hot(y, logits.shape[-1], dtype=bool), -jnp.inf, logits)
-  return jax.lax.top_k(logits, k)[1].astype(jnp.int32)
+  targets = jax.lax.top_k(logits, num_target_classes)[1].astype(jnp.int32)
+  return _run(logits_fn, x, y, targets, key, epsilon, rho, momentum, unroll, chunk_size,
+              norm=norm, loss="dlr", num_steps=num_steps, num_restarts=num_restarts,
+              targeted=True, hit_target=False, early_stop=True)
 
 
-def _run(logits_fn, x, y, targets, key, epsilon, rho, momentum, *, norm, loss, num_steps,
-         num_restarts, targeted, hit_target, early_stop, unroll):
+def _run(logits_fn, x, y, targets, key, epsilon, rho, momentum, unroll, chunk_size, **static):
   batch = np.shape(x)[0]
+  runs = targets.shape[1] * static["num_restarts"]
+  unroll = loops.resolve_unroll(unroll, static["num_steps"] * runs, logits_fn, x)
+  if chunk_size is None:
+    chunk_size = DEFAULT_CHUNK if jax.default_backend() == "cpu" else DEFAULT_CHUNK_ACCELERATOR
+  inputs.check_positive_int(chunk_size, "chunk_size")
+  # Equal chunks of at most `chunk_size` (one chunk when unrolled: its loop bound is static).
+  num_chunks = 1 if unroll else -(-batch // min(chunk_size, batch))
   eps = jnp.broadcast_to(jnp.asarray(epsilon, jnp.float32), (batch,))
-  num_runs = targets.shape[1] * num_restarts
-  unroll = loops.resolve_unroll(unroll, num_steps * num_runs, logits_fn, x)
   return _apgd(logits_fn, jnp.asarray(x), jnp.asarray(y, jnp.int32), targets, key, eps,
-               jnp.asarray(rho, jnp.float32), jnp.asarray(momentum, jnp.float32), norm=norm,
-               loss=loss, num_steps=num_steps, num_restarts=num_restarts, targeted=targeted,
-               hit_target=hit_target, early_stop=early_stop, unroll=unroll)
+               jnp.asarray(rho, jnp.float32), jnp.asarray(momentum, jnp.float32),
+               unroll=unroll, chunk=-(-batch // num_chunks), **static)
 
 
 # ----------------------------------------------------------------------------- compiled core
 
 
 class _Step(NamedTuple):
-  """One APGD run, per example unless noted: the iterate, the one before it, the gradient
-  and loss there; the step size; the highest-loss point with its loss and gradient; the
-  adversarial point found (if `found`); whether the example is frozen; the loss increases
+  """One APGD run on a chunk, per example unless noted: the iterate, the one before it, the
+  gradient and loss there; the step size; the highest-loss point with its loss and gradient;
+  the adversarial point found (if `found`); whether the example is frozen; the loss increases
   since the last checkpoint, the best loss and whether the step size was halved at the last
   checkpoint; gradient evaluations spent; `i` the step (scalar)."""
   i: jax.Array
@@ -259,23 +262,38 @@ class _Step(NamedTuple):
 
 
 class _Carry(NamedTuple):
-  """Across runs (restarts x targets): the point kept per example, its loss, whether it is
-  adversarial, gradient evaluations spent; `n` the run (scalar)."""
-  n: jax.Array
+  """Per example, across runs (restarts x targets): the point kept, its loss, whether it is
+  adversarial, gradient evaluations spent."""
   x: jax.Array
   loss: jax.Array
   won: jax.Array
   evals: jax.Array
 
 
+class _Loop(NamedTuple):
+  """A loop counter (the run, or the chunk within a run) and the per-example carry."""
+  k: jax.Array
+  carry: _Carry
+
+
 @functools.partial(compilation.jit, static_argnames=(
     "logits_fn", "norm", "loss", "num_steps", "num_restarts", "targeted", "hit_target",
-    "early_stop", "unroll"))
+    "early_stop", "unroll", "chunk"))
 def _apgd(logits_fn, x0, y, targets, key, eps, rho, momentum, *, norm, loss, num_steps,
-          num_restarts, targeted, hit_target, early_stop, unroll):
-  """The compiled APGD loops; `targets` int [batch, T] (one run set per column)."""
+          num_restarts, targeted, hit_target, early_stop, unroll, chunk):
+  """The compiled APGD loops: runs (targets x restarts) > chunks > steps.
+
+  `targets` is int [batch, T] (one set of restarts per column). Each run gathers the
+  examples still robust into the first chunks (of `chunk` examples) and only runs those, so
+  the work follows the examples left; every example draws its random starts from its own
+  key, so the result does not depend on the chunking.
+  """
   batch, nd = x0.shape[0], x0.ndim
   chex.assert_shape([y, eps], (batch,))
+  padded = -(-batch // chunk) * chunk
+  pad = lambda a, v: jnp.concatenate([a, jnp.full((padded - batch,) + a.shape[1:], v, a.dtype)])
+  x0, y, targets, eps = pad(x0, 0.5), pad(y, 0), pad(targets, 1), pad(eps, 1.0)
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(padded))
   ckpts = checkpoints(num_steps)
   # Indexed by the step i (0-based): whether x_{i+1} is a checkpoint, and its interval length.
   is_ckpt = np.zeros(num_steps, bool)
@@ -283,39 +301,40 @@ def _apgd(logits_fn, x0, y, targets, key, eps, rho, momentum, *, norm, loss, num
   for prev, w in zip([0] + ckpts[:-1], ckpts):
     is_ckpt[w - 1], length[w - 1] = True, w - prev
   is_ckpt, length = jnp.asarray(is_ckpt), jnp.asarray(length)
-  b = lambda m: _per_example(m, nd) > 0  # bool [batch] -> broadcastable mask
+  b = lambda m: _per_example(m, nd) > 0  # bool [chunk] -> broadcastable mask
 
-  def one_run(n, carry: _Carry) -> _Carry:
-    target = jnp.take(targets, n // num_restarts, axis=1)
+  def one_run(n, xc, yc, tc, ec, kc, carry: _Carry) -> _Carry:
+    """Run `n` on one chunk: inputs, labels, targets, budgets, keys, carry (all [chunk])."""
+    target = jnp.take(tc, n // num_restarts, axis=1)
 
     def evaluate(xx):
       def total(v):
         logits = logits_fn(v)
-        per_ex = _attack_loss(logits, y, target, loss, targeted)
+        per_ex = _attack_loss(logits, yc, target, loss, targeted)
         return jnp.sum(per_ex), (per_ex, logits)
       (_, (per_ex, logits)), grad = jax.value_and_grad(total, has_aux=True)(xx)
-      return per_ex, _hit(logits, y, target, hit_target), grad
+      pred = jnp.argmax(logits, axis=-1)
+      return per_ex, (pred == target) if hit_target else (pred != yc), grad
 
-    start = _random_start(jax.random.fold_in(key, n), x0, eps, norm)
+    start = _random_start(jax.vmap(lambda k: jax.random.fold_in(k, n))(kc), xc, ec, norm)
     x_start = jnp.where(b(carry.won), carry.x, start)
     loss0, hit0, grad0 = evaluate(x_start)
     frozen = carry.won
     found = hit0 & ~frozen
-    evals = carry.evals + (~frozen).astype(jnp.int32)
     s = _Step(
         i=jnp.zeros((), jnp.int32), x=x_start, x_prev=x_start, grad=grad0, loss=loss0,
-        eta=2.0 * eps, x_best=x_start, loss_best=loss0, grad_best=grad0, x_adv=x_start,
+        eta=2.0 * ec, x_best=x_start, loss_best=loss0, grad_best=grad0, x_adv=x_start,
         found=found, frozen=frozen | (found if early_stop else False),
-        increases=jnp.zeros((batch,), jnp.float32), loss_best_check=loss0,
-        halved_check=jnp.ones((batch,), bool), evals=evals)
+        increases=jnp.zeros_like(ec), loss_best_check=loss0,
+        halved_check=jnp.ones_like(frozen), evals=carry.evals + (~frozen).astype(jnp.int32))
 
     def body(s: _Step) -> _Step:
       active = ~s.frozen
       eta = _per_example(s.eta, nd)
       alpha = jnp.where(s.i == 0, 1.0, momentum)
       direction = jnp.sign(s.grad) if norm == "linf" else geometry.unit_l2(s.grad)
-      z = project(s.x + eta * direction, x0, eps, norm)
-      x_new = project(s.x + alpha * (z - s.x) + (1.0 - alpha) * (s.x - s.x_prev), x0, eps, norm)
+      z = project(s.x + eta * direction, xc, ec, norm)
+      x_new = project(s.x + alpha * (z - s.x) + (1.0 - alpha) * (s.x - s.x_prev), xc, ec, norm)
       loss_new, hit, grad_new = evaluate(x_new)
       increases = s.increases + (loss_new > s.loss).astype(jnp.float32)
       better = loss_new > s.loss_best
@@ -348,30 +367,50 @@ def _apgd(logits_fn, x0, y, targets, key, eps, rho, momentum, *, norm, loss, num
     fresh = s.found & ~carry.won
     better = ~carry.won & ~s.found & (s.loss_best > carry.loss)
     x_keep = jnp.where(b(fresh), s.x_adv, jnp.where(b(better), s.x_best, carry.x))
-    return _Carry(n=carry.n + 1, x=x_keep, loss=jnp.where(better, s.loss_best, carry.loss),
+    return _Carry(x=x_keep, loss=jnp.where(better, s.loss_best, carry.loss),
                   won=carry.won | fresh, evals=s.evals)
 
-  init = _Carry(n=jnp.zeros((), jnp.int32), x=x0, loss=jnp.full((batch,), -jnp.inf),
-                won=jnp.zeros((batch,), bool), evals=jnp.zeros((batch,), jnp.int32))
+  def run(n, carry: _Carry) -> _Carry:
+    # The examples still robust first (stable), then as many chunks as they fill.
+    order = jnp.argsort(carry.won, stable=True)
+    todo = -(-jnp.sum(~carry.won) // chunk)
+
+    def chunk_body(c: _Loop) -> _Loop:
+      idx = jax.lax.dynamic_slice_in_dim(order, c.k * chunk, chunk)
+      sub = jax.tree.map(lambda a: a[idx], c.carry)
+      out = one_run(n, x0[idx], y[idx], targets[idx], eps[idx], keys[idx], sub)
+      return _Loop(c.k + 1, jax.tree.map(lambda a, o: a.at[idx].set(o), c.carry, out))
+
+    if padded == chunk:
+      return one_run(n, x0, y, targets, eps, keys, carry)
+    return loops.bounded_while(lambda c: c.k < todo, chunk_body, _Loop(jnp.zeros((), jnp.int32),
+                               carry), padded // chunk, unroll=False).carry
+
+  init = _Carry(x=x0, loss=jnp.full((padded,), -jnp.inf),
+                won=jnp.arange(padded) >= batch,  # the padding needs no work
+                evals=jnp.zeros((padded,), jnp.int32))
   num_runs = targets.shape[1] * num_restarts
   if num_runs == 1:
-    out = one_run(0, init)
+    out = run(0, init)
   else:
-    out = loops.bounded_while(lambda c: ~jnp.all(c.won), lambda c: one_run(c.n, c), init,
-                              num_runs, unroll=unroll)
-  if hit_target:
-    return from_adversarial(logits_fn, x0, out.x, targets[:, 0], targeted=True,
-                            num_grad_evals=out.evals)
-  return from_adversarial(logits_fn, x0, out.x, y, num_grad_evals=out.evals)
+    out = loops.bounded_while(lambda r: ~jnp.all(r.carry.won),
+                              lambda r: _Loop(r.k + 1, run(r.k, r.carry)),
+                              _Loop(jnp.zeros((), jnp.int32), init), num_runs,
+                              unroll=unroll).carry
+  labels = targets[:batch, 0] if hit_target else y[:batch]
+  return from_adversarial(logits_fn, x0[:batch], out.x[:batch], labels, targeted=hit_target,
+                          num_grad_evals=out.evals[:batch])
 
 
-def _random_start(key, x, eps, norm):
+def _random_start(keys, x, eps, norm):
   """The start of a run: uniform noise rescaled to L_inf norm epsilon (L_inf) or Gaussian
-  noise rescaled to L2 norm epsilon (L2), added to x, then clipped to [0, 1]."""
+  noise rescaled to L2 norm epsilon (L2), added to x, then clipped to [0, 1]. One key per
+  example (so an example's start does not depend on the others)."""
   e = _per_example(eps, x.ndim)
+  shape, dtype = x.shape[1:], x.dtype
   if norm == "linf":
-    t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
+    t = jax.vmap(lambda k: jax.random.uniform(k, shape, dtype, -1.0, 1.0))(keys)
     t = t / jnp.maximum(_per_example(geometry.flat_norm(t, "linf"), x.ndim), geometry.TINY)
   else:
-    t = geometry.unit_l2(jax.random.normal(key, x.shape, x.dtype))
+    t = geometry.unit_l2(jax.vmap(lambda k: jax.random.normal(k, shape, dtype))(keys))
   return project(x + e * t, x, eps, norm)

@@ -20,14 +20,18 @@ Two models:
   * `multi`: six live classes with random weights, for APGD-T over every target (its
     targeted DLR runs towards the nearest class find the nearest boundary).
 """
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from invjax._src.checks import InvjaxError
-from invjax.attacks import apgd as apgd_lib
 from invjax.attacks.apgd import apgd, apgd_targeted
+
+# The module (`invjax.attacks.apgd` as an attribute is the function, re-exported).
+apgd_lib = importlib.import_module("invjax.attacks.apgd")
 
 KEY = jax.random.PRNGKey(0)
 
@@ -154,6 +158,17 @@ def test_apgd_targeted_finds_the_closed_form_minimum(multi, norm):
       np.testing.assert_array_equal(np.asarray(res.num_grad_evals), 5 * 51)
 
 
+def test_chunking_does_not_change_the_result(multi):
+  x, y, dist = multi["x"], multi["y"], multi["linf"]["dist"]
+  whole, chunked = (apgd_targeted(multi["fn"], x, y, key=KEY, epsilon=dist, num_steps=20,
+                                  num_target_classes=3, chunk_size=c) for c in (64, 5))
+  assert 0 < np.mean(np.asarray(whole.success)) < 1
+  np.testing.assert_array_equal(np.asarray(whole.success), np.asarray(chunked.success))
+  np.testing.assert_array_equal(np.asarray(whole.num_grad_evals),
+                                np.asarray(chunked.num_grad_evals))
+  np.testing.assert_allclose(np.asarray(whole.x_adv), np.asarray(chunked.x_adv), atol=1e-6)
+
+
 def test_restarts_and_no_early_stop_count_every_evaluation(rival):
   x, y, dist = rival["x"], rival["y"], rival["linf"]["dist"]
   res = apgd(rival["fn"], x, y, key=KEY, epsilon=0.98 * dist, num_steps=10, num_restarts=3)
@@ -176,8 +191,7 @@ def test_outputs_stay_in_the_box_and_the_budget(norm, eps):
   y = np.argmax(np.asarray(fn(x)), 1).astype(np.int32)
   eps_b = np.full(len(x), eps, np.float32) * rng.uniform(0.1, 1.0, len(x)).astype(np.float32)
   for res in (apgd(fn, x, y, key=KEY, epsilon=eps_b, norm=norm, loss="dlr", num_steps=20,
-                   num_restarts=2),
-              apgd(fn, x, y, key=KEY, epsilon=eps_b, norm=norm, num_steps=20, early_stop=False),
+                   num_restarts=2, early_stop=False),
               apgd_targeted(fn, x, y, key=KEY, epsilon=eps_b, norm=norm, num_steps=20,
                             num_target_classes=3)):
     _check_result(res, fn, x, y, eps=eps_b, norm=norm)
@@ -232,5 +246,7 @@ def test_bad_inputs_raise(rival):
   two = _model(np.ones((x.shape[1], 2)), np.zeros(2))
   with pytest.raises(InvjaxError, match="classes"):
     apgd(two, x, np.zeros(len(x), np.int32), loss="dlr", **kw)
+  with pytest.raises(InvjaxError, match="chunk_size"):
+    apgd(fn, x, y, chunk_size=0, **kw)
   with pytest.raises(InvjaxError, match="x"):
     apgd(fn, x + 2.0, y, **kw)
