@@ -13,6 +13,7 @@ Modules:
   suite: named attacks over a list of epsilons on an invertible classifier (launch/attack.py);
     report: its tables and figures.
 """
+from invjax.attacks.apgd import apgd, apgd_targeted
 from invjax.attacks.cw import carlini_wagner_l2
 from invjax.attacks.fab_attack import fab
 from invjax.attacks.gradient import fgsm, pgd
@@ -26,6 +27,7 @@ __all__ = (
     "AttackResult",
     "LatentInfo",
     "MetamericResult",
+    "apgd", "apgd_targeted",
     "carlini_wagner_l2",
     "distances",
     "fab",
