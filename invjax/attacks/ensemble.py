@@ -56,8 +56,9 @@ LogitsFn = inputs.LogitsFn
 
 VERSIONS = ("standard", "plus")
 # registry name -> (module, function)
-ATTACK_MODULES = {"apgd": ("invjax.attacks.apgd", "apgd"), "fab": ("invjax.attacks.fab_attack", "fab"),
-                  "apgd_targeted": ("invjax.attacks.apgd", "apgd_targeted"),
+ATTACK_MODULES = {"apgd": ("invjax.attacks.autopgd", "apgd"),
+                  "fab": ("invjax.attacks.fab_attack", "fab"),
+                  "apgd_targeted": ("invjax.attacks.autopgd", "apgd_targeted"),
                   "square": ("invjax.attacks.square_attack", "square")}
 # A reported adversarial may exceed epsilon by float rounding only.
 BUDGET_RTOL, BUDGET_ATOL = 1e-4, 1e-6

@@ -84,8 +84,8 @@ def test_masked_model_defeats_pgd_but_not_a_score_based_attack():
 
 def test_masked_model_with_the_real_attacks():
   """The imported APGD and Square (skipped until those modules exist)."""
-  apgd = pytest.importorskip("invjax.attacks.apgd")
-  square = pytest.importorskip("invjax.attacks.square_attack")
+  from invjax.attacks import autopgd as apgd  # pylint: disable=g-import-not-at-top
+  from invjax.attacks import square_attack as square  # pylint: disable=g-import-not-at-top
   x, y = _points()
   r_apgd = apgd.apgd(_quantised, x, y, key=KEY, epsilon=EPS, num_steps=10)
   r_square = square.square(_quantised, x, y, key=KEY, epsilon=EPS, num_queries=300)

@@ -20,7 +20,7 @@ import pytest
 
 from invjax import data
 from invjax._src import compilation
-from invjax.attacks.apgd import apgd, apgd_targeted
+from invjax.attacks.autopgd import apgd, apgd_targeted
 from invjax.nets import cnn
 
 torch = pytest.importorskip("torch")

@@ -67,8 +67,6 @@ def test_evaluate_launch_end_to_end(tmp_path, classifier_dir, arg):
 
 
 def test_evaluate_launch_with_the_real_attacks(tmp_path, classifier_dir):
-  for module in ("apgd", "fab", "square"):
-    pytest.importorskip(f"invjax.attacks.{module}")
   config = _tiny_config(classifier_dir)
   _check_outputs(evaluate.run(config, str(tmp_path)), str(tmp_path), config)
 

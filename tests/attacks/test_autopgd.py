@@ -1,4 +1,4 @@
-"""Tests for invjax.attacks.apgd against closed forms on linear models.
+"""Tests for invjax.attacks.autopgd (APGD, APGD-T) against closed forms on linear models.
 
 For logits z = x @ W + b and an input x of label y, the half-space {z_j >= z_y} is at
 L_inf distance m_j / ||w_y - w_j||_1 and L2 distance m_j / ||w_y - w_j||_2 from x
@@ -20,7 +20,6 @@ Two models:
   * `multi`: six live classes with random weights, for APGD-T over every target (its
     targeted DLR runs towards the nearest class find the nearest boundary).
 """
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -28,10 +27,9 @@ import numpy as np
 import pytest
 
 from invjax._src.checks import InvjaxError
-from invjax.attacks.apgd import apgd, apgd_targeted
+from invjax.attacks import autopgd as apgd_lib
+from invjax.attacks.autopgd import apgd, apgd_targeted
 
-# The module (`invjax.attacks.apgd` as an attribute is the function, re-exported).
-apgd_lib = importlib.import_module("invjax.attacks.apgd")
 
 KEY = jax.random.PRNGKey(0)
 
