@@ -16,7 +16,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLABS = os.path.join(ROOT, "colabs")
-NOTEBOOKS = ("inversion_attacks.ipynb", "passeurs.ipynb", "flows.ipynb")
+NOTEBOOKS = ("inversion_attacks.ipynb", "passeurs.ipynb", "flows.ipynb", "evaluation.ipynb")
 
 REPO_URL = "https://github.com/invjax/invjax"
 INSTALL_CELL = f'''# Colab: install invjax when it is not importable (a fresh runtime), then import it.
@@ -126,5 +126,14 @@ def test_colab_runs_top_to_bottom(name, monkeypatch, tmp_path):
     assert _number(r"default stopping rule \(.*\): (\S+)", text) < 1e-4
     assert "distrax log_prob matches: True" in text, text[-3000:]
     assert "distrax samples: (2, 32, 32, 3)" in text
+  elif name == "evaluation.ipynb":
+    clean = _number(r"clean accuracy (\d\.\d+), robust accuracy", text)
+    robust = _number(r"robust accuracy \(AutoAttack, 1/255\) (\d\.\d+)", text)
+    assert 0.1 < clean <= 1.0 and 0.0 <= robust <= clean, text[-3000:]
+    # zero gradients: PGD is blind, Square is not, and AutoAttack says why
+    assert _number(r"PGD success (\d\.\d+)", text) <= 0.2, text[-3000:]
+    assert _number(r"Square success (\d\.\d+)", text) >= 0.5, text[-3000:]
+    assert "'zero_gradients'" in text, text[-3000:]
+    assert "robust accuracy: {'implicit'" in text and "masked gradients: " in text
   else:
     assert "test accuracy" in text and "same prediction as x1: 1.0" in text, text[-2000:]
