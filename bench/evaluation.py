@@ -62,7 +62,7 @@ def _timed(fn):
 def run(num_images, epsilon, norm, cnn_steps, square_queries, parts) -> str:
   import torch  # pylint: disable=g-import-not-at-top
   import torchattacks  # pylint: disable=g-import-not-at-top
-  from invjax.attacks import apgd as apgd_lib  # pylint: disable=g-import-not-at-top
+  from invjax.attacks import autopgd as apgd_lib  # pylint: disable=g-import-not-at-top
   from invjax.attacks import ensemble as aa_lib  # pylint: disable=g-import-not-at-top
   from invjax.attacks import square_attack as square_lib  # pylint: disable=g-import-not-at-top
 
