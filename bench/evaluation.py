@@ -38,7 +38,6 @@ from bench import report
 from bench import torch_cnn
 from invjax import data as data_lib
 from invjax import parallel
-from invjax.nets import cnn
 
 flags.DEFINE_integer("num_images", 100, "Embedded test images attacked.")
 flags.DEFINE_float("epsilon", 8 / 255, "Budget.")
@@ -70,12 +69,7 @@ def run(num_images, epsilon, norm, cnn_steps, square_queries, parts) -> str:
   test = data_lib.load("cifar10_mini", "test")
   x = data_lib.to_float(test.x[:num_images])
   y = jnp.asarray(test.y[:num_images])
-  logits_fn = jax.jit(cnn.logits_fn(model, variables))
-  tmodel = torch_cnn.small_cnn(variables).requires_grad_(False)
-  xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
-  yt = torch.from_numpy(np.asarray(y).astype(np.int64))
-  with torch.no_grad():
-    diff = float(np.abs(tmodel(xt).numpy() - np.asarray(logits_fn(x))).max())
+  logits_fn, tmodel, xt, yt, diff = torch_cnn.twins(model, variables, x, y)
   clean = float(np.mean(np.argmax(np.asarray(logits_fn(x)), 1) == np.asarray(y)))
   ta_norm = "Linf" if norm == "linf" else "L2"
   key = jax.random.PRNGKey(0)

@@ -163,7 +163,6 @@ def _matmul_gflops(repeats: int):
 def profile(batch: int, steps: int, repeats: int) -> str:
   """Runs both sides (the process must already be pinned) and returns the markdown."""
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
 
   from bench import torch_cnn  # pylint: disable=g-import-not-at-top
@@ -180,12 +179,7 @@ def profile(batch: int, steps: int, repeats: int) -> str:
     raise SystemExit(f"--batch={batch} exceeds the {len(test.y)} embedded test images")
   x = data_lib.to_float(test.x[:batch])
   y = jax.numpy.asarray(test.y[:batch])
-  logits_fn = jax.jit(cnn.logits_fn(model, variables))
-  tmodel = torch_cnn.small_cnn(variables).requires_grad_(False)
-  xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
-  yt = torch.from_numpy(np.asarray(y).astype(np.int64))
-  with torch.no_grad():
-    diff = float(np.abs(tmodel(xt).numpy() - np.asarray(logits_fn(x))).max())
+  logits_fn, tmodel, xt, yt, diff = torch_cnn.twins(model, variables, x, y)
 
   def run_invjax():
     res = gradient.pgd(logits_fn, x, y, key=jax.random.PRNGKey(0), epsilon=EPS,

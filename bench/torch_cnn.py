@@ -72,6 +72,20 @@ def small_cnn(variables):
   return TorchSmallCNN().eval()
 
 
+def twins(model, variables, x, y):
+  """The jitted JAX `logits_fn`, the frozen PyTorch twin, `x`/`y` as NCHW / int64 tensors, and
+  the largest logit difference of the two models on `x` (a check that the copy is exact)."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  logits_fn = jax.jit(cnn.logits_fn(model, variables))
+  tmodel = small_cnn(variables).requires_grad_(False)
+  xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
+  yt = torch.from_numpy(np.asarray(y).astype(np.int64))
+  with torch.no_grad():
+    diff = float(np.abs(tmodel(xt).numpy() - np.asarray(logits_fn(x))).max())
+  return logits_fn, tmodel, xt, yt, diff
+
+
 def pgd_linf(model, x, y, *, epsilon: float, step_size: float, num_steps: int, seed: int = 0):
   """L_inf PGD with a random start as a plain PyTorch loop (no library): adversarial `x`.
 
