@@ -29,7 +29,6 @@ import jax
 import numpy as np
 
 from invjax import data as data_lib
-from invjax._src import checks
 from invjax._src import io
 from invjax.attacks.ensemble import (autoattack, markdown_table, resolve_attacks,
                                        robustness_json, schedule)
@@ -42,8 +41,7 @@ JSON_FILE, TABLE_FILE = "robustness.json", "robustness.md"
 
 def _steps(config):
   """The attacks of `config.version` with the config's budgets (validates norm and epsilons)."""
-  if not config.epsilons or any(not float(e) > 0 for e in config.epsilons):
-    raise checks.InvjaxError(f"epsilons must be positive, got {tuple(config.epsilons)}")
+  suite.validate((), config.norm, config.epsilons)
   return schedule(
       config.version, config.norm, num_steps=config.attack_steps,
       num_queries=config.square_queries, num_restarts=config.num_restarts,
