@@ -12,6 +12,9 @@ r"""Teacher CNN -> invertible student distillation, then the attack TRANSFER tab
    `<workdir>/student`.
 3. Reports teacher and student accuracy and their agreement on the test split.
 4. The transfer table of `invjax.distill.transfer_table` (`config.attack`).
+5. With `config.attack.autoattack_examples > 0`: PGD against AutoAttack on teacher and student
+   side by side (`invjax.attacks.protocol.compare`), and how the student's adversarials of
+   either attack transfer to the teacher.
 Writes `results.json` and `transfer.md` in `--workdir`; a rerun resumes / reuses.
 
   python -m launch.distill --workdir=runs/compare \
@@ -40,6 +43,7 @@ from invjax import flows
 from invjax import parallel
 from invjax import train
 from invjax._src import io
+from invjax.attacks import protocol
 from invjax.flows import classifier as clf_lib
 from invjax.nets import cnn
 from invjax.train import recipes
@@ -102,8 +106,18 @@ def run_experiment(config, workdir: str, data_dir: str | None = None) -> Dict[st
       latent_candidates=ac.latent_candidates, lipschitz_examples=ac.lipschitz_examples,
       input_offset=config.student.input_offset, seed=config.seed + 2)
   results.update(transfer=table.rows, num_attacked=table.num_attacked,
-                 student_local_lipschitz=table.lipschitz, input_gradient_cosine=table.cosine,
-                 wall_s=time.time() - t_start)
+                 student_local_lipschitz=table.lipschitz, input_gradient_cosine=table.cosine)
+  if ac.autoattack_examples:
+    n = min(int(ac.autoattack_examples), len(x_test))
+    rows = protocol.compare(
+        {"teacher": teacher_fn, "student": student_fn}, x_test[:n], test_ds.y[:n],
+        key=jax.random.PRNGKey(config.seed + 3), budgets=list(zip(ac.norms, ac.epsilons)),
+        pgd_steps=ac.pgd_steps, attack_steps=ac.autoattack_steps,
+        square_queries=ac.autoattack_queries, batch_size=ac.batch_size, transfer_to="teacher",
+        log=logging.info)
+    results["autoattack"] = {"num_examples": n, "pgd_steps": ac.pgd_steps,
+                             "rows": [r.to_json() for r in rows]}
+  results["wall_s"] = time.time() - t_start
   io.write_text(os.path.join(workdir, "transfer.md"), distill_lib.markdown(results))
   io.write_json(os.path.join(workdir, "results.json"), results)
   return results

@@ -27,6 +27,7 @@ from invjax import parallel
 from invjax._src import io
 from invjax.attacks import gradient
 from invjax.attacks import latent as latent_lib
+from invjax.attacks import protocol
 from invjax.distill import core
 from invjax.robust import lipschitz
 
@@ -179,6 +180,13 @@ def markdown(results: Dict[str, Any]) -> str:
     lines.append(f"| {r['budget']} | {r['attack']} | {r['success_on_attacked']:.3f} | "
                  f"{r['success_on_teacher']:.3f} | {r['median_l2']:.3f} | "
                  f"{r['median_linf_255']:.2f} | {r['seconds']:.1f} |")
+  aa = results.get("autoattack")
+  if aa:
+    lines += ["", f"PGD-{aa['pgd_steps']} vs AutoAttack on the first {aa['num_examples']} test "
+              "images (robust accuracy; the student's adversarials evaluated on the teacher: "
+              "the fraction of the points the teacher gets right that they fool):", "",
+              protocol.markdown([protocol.ProtocolRow(**r) for r in aa["rows"]],
+                                pgd_steps=aa["pgd_steps"], transfer_to="teacher").rstrip()]
   return "\n".join(lines) + "\n"
 
 

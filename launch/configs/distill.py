@@ -63,7 +63,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         num_examples=100, batch_size=100, norms=("linf", "l2"), epsilons=(8 / 255, 0.5),
         pgd_steps=10, latent_method="closed_form", latent_kappa=(0.0,),
         latent_decode_step=("exact",), latent_candidates=3, latent_unconstrained=True,
-        lipschitz_examples=16)
+        lipschitz_examples=16, autoattack_examples=0, autoattack_steps=100,
+        autoattack_queries=5000)
     return config
   config.dataset = "cifar10"
   config.teacher = dict(
@@ -83,7 +84,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       num_examples=1000, batch_size=250, norms=("linf", "l2"), epsilons=(8 / 255, 0.5),
       pgd_steps=20, latent_method="jacobian", latent_kappa=(0.0,),
       latent_decode_step=("exact",), latent_candidates=3, latent_unconstrained=True,
-      lipschitz_examples=64)
+      lipschitz_examples=64,
+      # PGD vs AutoAttack standard (100 iterations, Square 5,000 queries) on the first
+      # `autoattack_examples` test images (0: skip), teacher and student side by side
+      autoattack_examples=1000, autoattack_steps=100, autoattack_queries=5000)
   if arg.cpu:
     config.teacher.update(dict(
         name="small_cnn", kwargs=dict(), num_steps=4_000, batch_size=128, learning_rate=3e-3,
@@ -95,7 +99,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         weight_decay=0.0, alpha=0.1, log_every=100, checkpoint_every=500))
     config.attack.update(dict(num_examples=500, batch_size=250,
                               latent_kappa=(0.0, 5.0, 20.0, 40.0),
-                              latent_decode_step=("exact", "linear"), lipschitz_examples=32))
+                              latent_decode_step=("exact", "linear"), lipschitz_examples=32,
+                              autoattack_examples=500))
   if arg.jacobian:
     config.student.update(dict(jacobian_weight=10.0, jacobian_class="teacher",
                                jacobian_temperature=4.0))

@@ -54,11 +54,25 @@ def test_distill_launch_writes_the_transfer_table_and_resumes(tmp_path):
   assert -1.0 <= cosine["median"] <= 1.0 and -1.0 <= cosine["mean"] <= 1.0, cosine
   assert "input-gradient cosine" in table
 
+  assert "autoattack" not in results  # autoattack_examples 0 in the smoke config
+
   # A second run reuses both finished trainings (same accuracies) and takes a tuple of
-  # latent margins: one (iii) row per kappa.
+  # latent margins: one (iii) row per kappa; it also puts PGD and AutoAttack side by side.
   config.attack.latent_kappa = (0.0, 2.0)
   config.attack.norms, config.attack.epsilons = ("linf",), (8 / 255,)
+  config.attack.update(dict(autoattack_examples=8, autoattack_steps=3, autoattack_queries=20))
   again = distill.run_experiment(config, workdir)
+  aa = again["autoattack"]
+  assert aa["num_examples"] == 8 and [r["model"] for r in aa["rows"]] == ["teacher", "student"]
+  teacher_row, student_row = aa["rows"]
+  assert teacher_row["transfer_autoattack"] is None
+  if teacher_row["clean_accuracy"] == 0:  # the 6-step teacher may get none of the 8 right
+    assert student_row["transfer_autoattack"] is None
+  else:
+    assert 0.0 <= student_row["transfer_autoattack"] <= 1.0
+  for r in aa["rows"]:
+    assert 0.0 <= r["autoattack_robust_accuracy"] <= r["clean_accuracy"] <= 1.0
+  assert "AutoAttack robust" in open(os.path.join(workdir, "transfer.md")).read()
   assert again["teacher_accuracy"] == results["teacher_accuracy"]
   assert again["agreement"] == results["agreement"]
   names = [r["attack"] for r in again["transfer"]]
