@@ -157,6 +157,17 @@ def test_images_groups_and_chunks_count_every_sample_once():
   assert np.all(np.abs(cert.counts[:, 0] - n * p) < 5 * np.sqrt(n * p * (1 - p)))
 
 
+def test_selection_estimation_and_groups_draw_fresh_noise():
+  """The N estimation samples are not the N0 selection samples (that would bias p_A), and
+  copies of one point in different groups of examples get different noise."""
+  fn, w, b, u, x0 = _linear(seed=20)
+  x = np.repeat(_points(u, x0, [0.0], seed=21), 6, axis=0)  # P(class 0) = 1/2
+  cert = smoothing.certify(fn, x, key=jax.random.key(22), sigma=SIGMA, num_selection=500,
+                           num_samples=500, batch_size=2)  # 3 groups of 2 examples
+  assert not np.array_equal(cert.counts, cert.selection_counts)
+  assert len(np.unique(cert.counts[:, 0])) > 3
+
+
 def test_the_counting_loop_is_one_compiled_loop():
   """The model is traced a few times (shape probe, selection, estimation), not once per chunk."""
   traces = []
