@@ -3,11 +3,13 @@
 Modules:
   gradient: FGSM / FGM and PGD in pixel space (any `logits_fn`); `ATTACKS` by name.
   cw: Carlini-Wagner L2 (any `logits_fn`).
-  autopgd: APGD (CE / DLR, L_inf / L2, targeted) and APGD-T (Croce & Hein 2020).
+  autopgd: APGD (CE / DLR, L_inf / L2, targeted) and APGD-T (Croce & Hein 2020);
+    apgd_losses: the cross-entropy and DLR losses they maximise.
   fab_attack: FAB / FAB-T, minimal-norm (Croce & Hein 2020).
   square_attack: the Square attack, score-based random search (Andriushchenko et al. 2020).
   ensemble: `autoattack`, the AutoAttack protocol (APGD-CE, APGD-T, FAB-T, Square on the
-    points still robust, per-example worst case, sanity flags), its report and JSON.
+    points still robust, per-example worst case, sanity flags); ensemble_report: its
+    report, markdown table and RobustBench-style JSON.
   eot: expectation over transformations for randomised models.
   masking: gradient masking on invertible networks (implicit / unrolled / BPDA gradients of a
     fixed-point inverse against Square).

@@ -14,10 +14,9 @@ Each step moves with momentum 0.75 (`alpha`):
 with d the steepest-ascent direction (sign for L_inf, normalised gradient for L2) and P
 the projection onto the epsilon ball within [0, 1] (the first step has no momentum).
 
-Losses: cross-entropy, and the scale-invariant DLR loss
+Losses (`invjax.attacks.apgd_losses`): cross-entropy, and the scale-invariant DLR loss
   DLR(z, y) = -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3),
-with z_pi1 >= z_pi2 >= ... the sorted logits; its targeted form (towards class t)
-  DLR_t(z, y) = -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2).
+with z_pi1 >= z_pi2 >= ... the sorted logits, and its targeted form DLR_t.
 `apgd_targeted` is AutoAttack's APGD-T: targeted DLR towards each of the top-k classes
 (by clean logit) in turn, on the examples still robust; a misclassification is a success.
 
@@ -38,7 +37,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from invjax._src import checks
 from invjax._src import compilation
@@ -46,11 +44,12 @@ from invjax._src import geometry
 from invjax._src import loops
 from invjax._src.geometry import NORMS, per_example as _per_example, project
 from invjax.attacks import inputs
+from invjax.attacks.apgd_losses import LOSSES, attack_loss, dlr_loss, dlr_targeted_loss
 from invjax.attacks.result import AttackResult, from_adversarial
 
-LogitsFn = inputs.LogitsFn
+__all__ = ("LOSSES", "apgd", "apgd_targeted", "checkpoints", "dlr_loss", "dlr_targeted_loss")
 
-LOSSES = ("ce", "dlr")
+LogitsFn = inputs.LogitsFn
 
 # Examples per chunk (`chunk_size=None`): on CPU the per-example cost of a step is flat from
 # a few dozen examples up, so small chunks cost nothing and let the work follow the examples
@@ -59,7 +58,7 @@ DEFAULT_CHUNK = 32
 DEFAULT_CHUNK_ACCELERATOR = 1024
 
 
-# ----------------------------------------------------------------------------- schedule & losses
+# ----------------------------------------------------------------------------- schedule
 
 
 def checkpoints(num_steps: int) -> list:
@@ -76,28 +75,6 @@ def checkpoints(num_steps: int) -> list:
       out.append(w)
     prev, cur = cur, cur + max(cur - prev - 3, 6)
   return out
-
-
-def dlr_loss(logits: jax.Array, y: jax.Array) -> jax.Array:
-  """Untargeted DLR loss (to maximise), float [batch]; needs >= 3 classes."""
-  top = -jnp.sort(-logits, axis=-1)
-  margin = geometry.logit_margin(logits, y)
-  return -margin / (top[:, 0] - top[:, 2] + geometry.TINY)
-
-
-def dlr_targeted_loss(logits: jax.Array, y: jax.Array, target: jax.Array) -> jax.Array:
-  """Targeted DLR loss towards `target` (to maximise), float [batch]; needs >= 4 classes."""
-  top = -jnp.sort(-logits, axis=-1)
-  pick = lambda c: jnp.take_along_axis(logits, c[:, None], axis=-1)[:, 0]
-  return -(pick(y) - pick(target)) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + geometry.TINY)
-
-
-def _attack_loss(logits, y, target, loss: str, targeted: bool) -> jax.Array:
-  if loss == "ce":
-    if targeted:
-      return -optax.softmax_cross_entropy_with_integer_labels(logits, target)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y)
-  return dlr_targeted_loss(logits, y, target) if targeted else dlr_loss(logits, y)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -310,7 +287,7 @@ def _apgd(logits_fn, x0, y, targets, key, eps, rho, momentum, *, norm, loss, num
     def evaluate(xx):
       def total(v):
         logits = logits_fn(v)
-        per_ex = _attack_loss(logits, yc, target, loss, targeted)
+        per_ex = attack_loss(logits, yc, target, loss, targeted)
         return jnp.sum(per_ex), (per_ex, logits)
       (_, (per_ex, logits)), grad = jax.value_and_grad(total, has_aux=True)(xx)
       pred = jnp.argmax(logits, axis=-1)

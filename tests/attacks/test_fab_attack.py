@@ -247,34 +247,11 @@ def test_agrees_with_torchattacks_fab_t_on_small_cnn():
   distances within 2%."""
   torch = pytest.importorskip("torch")
   torchattacks = pytest.importorskip("torchattacks")
-  import optax
-  from bench import torch_cnn
-  from invjax import data
-  from invjax.nets import cnn
+  from tests.attacks.tiny_cnn import tiny_cnn
 
-  crop = slice(8, 24)
-  train = data.load("cifar10_mini", "train")
-  xt, yt = data.to_float(train.x[:128, crop, crop]), jnp.asarray(train.y[:128])
-  model = cnn.SmallCNN(widths=(8, 16))
-  variables = cnn.init(model, jax.random.PRNGKey(0), (16, 16, 3))
-  opt = optax.adam(1e-2)
-
-  @jax.jit
-  def fit(params, state):
-    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
-        model.apply(p, xt), yt).mean()
-    updates, state = opt.update(jax.grad(loss)(params), state, params)
-    return optax.apply_updates(params, updates), state
-
-  state = opt.init(variables)
-  for _ in range(25):  # a random network is almost constant on images: FAB would fail
-    variables, state = fit(variables, state)
-  fn = jax.jit(cnn.logits_fn(model, variables))
-  x = data.to_float(data.load("cifar10_mini", "test").x[:32, crop, crop])
-  y = jnp.argmax(fn(x), 1).astype(jnp.int32)  # the model's labels: the attack is measured
-  tmodel = torch_cnn.small_cnn(variables).requires_grad_(False)
-  xt_ = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
-  yt_ = torch.from_numpy(np.asarray(y).astype(np.int64))
+  # a random network is almost constant on images: FAB would fail
+  net = tiny_cnn(widths=(8, 16), steps=25, learning_rate=1e-2, num_train=128, num_images=32)
+  fn, x, y, tmodel, xt_, yt_ = net.fn, net.x, net.y, net.tmodel, net.xt, net.yt
   steps, n = 10, len(y)
   threads = torch.get_num_threads()
   for eps in (8 / 255, 2 / 255, 1.0):  # 1.0: every point breaks, distances are minimal-norm

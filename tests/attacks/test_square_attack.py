@@ -4,16 +4,13 @@ and window pattern, and torchattacks' Square on the same SmallCNN weights."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import invjax
-from invjax import data
 from invjax._src import geometry
 from invjax.attacks import gradient
 from invjax.attacks import square_attack as sq_module
 from invjax.attacks.square_attack import p_schedule, square, window_pattern
-from invjax.nets import cnn
 
 SHAPE = (8, 8, 3)
 N = 32
@@ -240,33 +237,12 @@ def test_agrees_with_torchattacks_square():
   at 2/255 (robust accuracy ~45%) and 8/255 (~5%); a broken search (no success, or a wrong
   schedule that halves the success rate at 2/255) falls far outside.
   """
-  torch = pytest.importorskip("torch")
+  pytest.importorskip("torch")
   torchattacks = pytest.importorskip("torchattacks")
-  from bench import torch_cnn  # pylint: disable=g-import-not-at-top
+  from tests.attacks.tiny_cnn import tiny_cnn  # pylint: disable=g-import-not-at-top
 
-  model = cnn.SmallCNN(widths=(16, 32))
-  train = data.load("cifar10_mini", "train")
-  xt, yt = data.to_float(train.x[:, 8:24, 8:24]), jnp.asarray(train.y)
-  params = model.init(jax.random.PRNGKey(0), xt[:1])
-  opt = optax.adam(3e-3)
-
-  @jax.jit
-  def step(p, s, idx):
-    g = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
-        model.apply(p, xt[idx]), yt[idx]).mean())(p)
-    u, s = opt.update(g, s, p)
-    return optax.apply_updates(p, u), s
-
-  state = opt.init(params)
-  for idx in np.random.default_rng(0).integers(0, xt.shape[0], (150, 128)):
-    params, state = step(params, state, idx)
-  fn = jax.jit(lambda v: model.apply(params, v))
-  test = data.load("cifar10_mini", "test")
-  x = data.to_float(test.x[:64, 8:24, 8:24])
-  y = jnp.argmax(fn(x), 1).astype(jnp.int32)
-  tmodel = torch_cnn.small_cnn(params).requires_grad_(False)
-  xt_ = torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
-  yt_ = torch.from_numpy(np.asarray(y).astype(np.int64))
+  net = tiny_cnn(widths=(16, 32), steps=150, learning_rate=3e-3, batch_size=128, num_images=64)
+  fn, x, y, tmodel, xt_, yt_ = net.fn, net.x, net.y, net.tmodel, net.xt, net.yt
   np.testing.assert_allclose(tmodel(xt_).numpy(), np.asarray(fn(x)), atol=1e-4)
   for eps in (2 / 255, 8 / 255):
     ours = square(fn, x, y, key=jax.random.PRNGKey(0), epsilon=eps, num_queries=500)
