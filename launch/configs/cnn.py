@@ -18,7 +18,7 @@ network trains unconstrained: plain and Parseval runs differ in the retraction o
 constrained matrices (`layer_singular_values`).
 
 `smoke`: the embedded mini CIFAR-10 (1,000 train / 500 test), widths 16-32-64, 400 steps of
-batch 64; a minute or two on a CPU. A plumbing check, not a result.
+batch 64; a few minutes on a CPU. A plumbing check, not a result.
 
 `cpu`: all 50,000 CIFAR-10 training images on a CPU, widths 32-64-128, the budget of the
 invertible student of `distill.py:cpu` (4,000 steps of batch 128, about 10 epochs).
