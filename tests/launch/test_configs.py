@@ -24,6 +24,8 @@ VARIANTS = {
     "attack": {"model=iresnet": "smoke", "model=irevnet": "smoke", "model=glow": "smoke"},
     "distill": {"": "smoke", "cpu": "smoke", "cpu,jacobian": "smoke"},
     "passeurs": {"": "smoke"},
+    "cnn": {"": "smoke", "parseval": "smoke,parseval", "cpu": "smoke",
+            "cpu,parseval": "smoke,parseval"},
     "evaluate": {"model=iresnet": "smoke", "model=irevnet": "smoke", "model=glow": "smoke",
                  "model=iresnet,norm=l2": "smoke,norm=l2"},
 }
