@@ -101,18 +101,20 @@ class _Group:
 def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("multiprocess")
   group = _Group(tmp)
-  # At once: 1 process x 2 devices to step 4; 2 processes x 1 device to step 2; a process
-  # whose coordinator never answers; 2 processes given a global batch of 3 for 2 devices.
+  # At once: 1 process x 2 devices to step 4; 2 processes x 1 device to step 2.
   group.start("ref", tmp / "ref", 4, num_devices=2)
   group.start_pair("first", tmp / "mp", 2)
+  out = group.wait()
+  first_metrics = train.read_metrics(str(tmp / "mp"))
+  shutil.copytree(tmp / "mp" / "checkpoints", tmp / "mp_step2")
+  # Then, with the programs compiled above in the tests' compilation cache: the relaunch of
+  # the 2 processes to step 4; a process whose coordinator never answers; 2 processes given
+  # a global batch of 3 for 2 devices.
+  group.start_pair("resume", tmp / "mp", 4)
   group.start("nocoord", tmp / "bad", 4, dist=(_free_port(), 2, 1),
               extra=["--initialization_timeout=2"])
   group.start_pair("oddbatch", tmp / "odd", 4, extra=["--config.batch_size=3"])
-  out = group.wait(expect_failure=("nocoord", "oddbatch0", "oddbatch1"))
-  first_metrics = train.read_metrics(str(tmp / "mp"))
-  shutil.copytree(tmp / "mp" / "checkpoints", tmp / "mp_step2")
-  group.start_pair("resume", tmp / "mp", 4)  # the relaunch: 2 more steps
-  out.update(group.wait())
+  out.update(group.wait(expect_failure=("nocoord", "oddbatch0", "oddbatch1")))
   return dict(out=out, tmp=tmp, first_metrics=first_metrics)
 
 
