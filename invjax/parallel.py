@@ -1,14 +1,27 @@
-"""Data parallelism with `jax.sharding`: one mesh axis "data" over the local devices.
+"""Data parallelism with `jax.sharding`: one mesh axis "data" over every process's devices.
 
 The train state is replicated on every device, each batch is split along its
 leading axis, and the unchanged jitted step (`invjax.train.make_train_step`)
 runs data-parallel: XLA's SPMD partitioner inserts the gradient all-reduce. The
 same code runs on 1 CPU, on N fake CPU devices
-(`XLA_FLAGS=--xla_force_host_platform_device_count=N`), on GPUs or on a TPU host.
+(`XLA_FLAGS=--xla_force_host_platform_device_count=N`), on GPUs, on a TPU host, and on
+several hosts (a TPU pod slice, a GPU cluster: one JAX process per host, connected by
+`jax.distributed.initialize`, see `invjax._src.process` and `launch/runtime.py`).
 
-  mesh = data_mesh()
+  mesh = global_data_mesh()                 # jax.devices(): all processes' devices
   state = replicate(state, mesh)
-  state, metrics = train_step(state, shard_batch(batch, mesh))
+  rows = process_rows(batch_size, mesh)     # this process's rows of each global batch
+  state, metrics = train_step(state, global_batch(local_rows_of_batch, mesh, batch_size))
+
+Global and local. `global_data_mesh` (also `data_mesh`, `maybe_data_mesh`) spans
+`jax.devices()`; `local_data_mesh` spans this process's `jax.local_devices()`, for work each
+process does on its own (`call_sharded`: per-example attacks). With one process the two are
+the same mesh. In a multi-process run each process loads only `process_rows(...)` of every
+global batch and `global_batch` assembles the global array
+(`jax.make_array_from_process_local_data`); the global batch, hence the training, is the same
+for any number of processes (1 process x 2 devices trains like 2 processes x 1 device, up to
+the summation order of the all-reduce). `shard_batch` still takes a whole batch (every process
+holding all of it) and `to_host` brings a global array back to every process.
 
 On a CPU, JAX's default of one device for the whole machine leaves speed unused by the
 per-example computations of attacks: XLA:CPU's default convolution library (YNNPACK) runs
@@ -73,15 +86,33 @@ def cpu_cores_as_devices(num_devices: Optional[int] = None) -> int:
   return n
 
 
-def data_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-  """A 1-D mesh with axis "data" over `devices` (default: `jax.local_devices()`)."""
-  devices = list(jax.local_devices() if devices is None else devices)
+def _mesh(devices: Sequence[jax.Device], name: str) -> Mesh:
+  devices = list(devices)
   if not devices:
-    raise InvjaxError("data_mesh: no devices given")
+    raise InvjaxError(f"{name}: no devices given")
   return Mesh(np.asarray(devices, dtype=object), (DATA_AXIS,))
 
 
+def global_data_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A 1-D mesh with axis "data" over `devices` (default: `jax.devices()`, every process's).
+
+  The devices are ordered by (process, id), so that each process's devices hold one
+  contiguous block of rows of a batch (`process_rows`).
+  """
+  devices = jax.devices() if devices is None else devices
+  return _mesh(sorted(devices, key=lambda d: (d.process_index, d.id)), "global_data_mesh")
+
+
+def local_data_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A 1-D mesh with axis "data" over this process's devices (default: `jax.local_devices()`)."""
+  return _mesh(jax.local_devices() if devices is None else devices, "local_data_mesh")
+
+
+data_mesh = global_data_mesh  # the name single-process code uses; the same mesh there
+
+
 def num_data_shards(mesh: Mesh) -> int:
+  """Devices along "data" (all processes' for a global mesh)."""
   return int(mesh.shape[DATA_AXIS])
 
 
@@ -95,16 +126,56 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
-  """Raises unless `batch_size` is a positive multiple of the mesh's device count."""
+  """Raises unless `batch_size` is a positive multiple of the mesh's (global) device count."""
   n = num_data_shards(mesh)
   if batch_size <= 0 or batch_size % n:
+    procs = len({d.process_index for d in mesh.devices.flat})
+    where = f" over {procs} processes" if procs > 1 else ""
     raise InvjaxError(
         f"{name} ({batch_size}) must be a positive multiple of the number of devices "
-        f"({n}) for data parallelism; use e.g. {max(n, (batch_size // n) * n)}")
+        f"({n}{where}) for data parallelism; use e.g. {max(n, (batch_size // n) * n)}")
+
+
+def process_rows(batch_size: int, mesh: Mesh) -> slice:
+  """The rows `[start, stop)` of a global batch of `batch_size` that this process loads.
+
+  Read from the batch sharding itself (the rows of this process's devices), so they are the
+  rows `global_batch` / `jax.make_array_from_process_local_data` expect from it. A process
+  with no device in `mesh` gets an empty slice.
+  """
+  check_batch_size(batch_size, mesh)
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((int(batch_size),))
+  starts = sorted({idx[0].indices(batch_size)[:2] for idx in index_map.values()})
+  if not starts:
+    return slice(0, 0)
+  lo, hi = starts[0][0], starts[-1][1]
+  if sum(b - a for a, b in starts) != hi - lo:
+    raise InvjaxError("process_rows: this process's devices do not hold one contiguous block "
+                      "of the batch; build the mesh with global_data_mesh()")
+  return slice(lo, hi)
+
+
+def global_batch(local_batch: Any, mesh: Mesh, batch_size: int) -> Any:
+  """Global arrays of `batch_size` rows from this process's `process_rows` of every array.
+
+  `jax.make_array_from_process_local_data` with the batch sharding; in one process this is
+  the whole batch put on the mesh.
+  """
+  check_batch_size(batch_size, mesh)
+  sharding = batch_sharding(mesh)
+
+  def put(x):
+    x = np.asarray(x)
+    if x.ndim == 0:
+      raise InvjaxError("global_batch: every array needs a leading batch axis, got a scalar")
+    return jax.make_array_from_process_local_data(sharding, x, (int(batch_size),) + x.shape[1:])
+
+  return jax.tree.map(put, local_batch)
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
-  """Puts every array of `batch` on the mesh, split along its leading axis."""
+  """Puts every array of a whole `batch` (held in full by every process) on the mesh, split
+  along its leading axis; each device receives only its own rows."""
   sharding = batch_sharding(mesh)
 
   def put(x):
@@ -112,22 +183,49 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     if np.ndim(x) == 0:
       raise InvjaxError("shard_batch: every array needs a leading batch axis, got a scalar")
     check_batch_size(int(np.shape(x)[0]), mesh, name="batch size (leading axis)")
-    return jax.device_put(x, sharding)
+    if sharding.is_fully_addressable:
+      return jax.device_put(x, sharding)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
   return jax.tree.map(put, batch)
 
 
 def maybe_data_mesh(data_parallel: bool | str = "auto") -> Optional[Mesh]:
-  """A data-parallel mesh over the local devices: always (True), never (False), or "auto"
-  (when there are several)."""
-  if data_parallel is True or (data_parallel == "auto" and jax.local_device_count() > 1):
-    return data_mesh()
+  """A data-parallel mesh over all processes' devices: always (True), never (False), or
+  "auto" (when there are several, `jax.device_count() > 1`)."""
+  if data_parallel is True or (data_parallel == "auto" and jax.device_count() > 1):
+    return global_data_mesh()
   return None
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """A copy of `tree` (e.g. a `TrainState`) with every array on all mesh devices."""
-  return jax.device_put(tree, replicated_sharding(mesh))
+  """A copy of `tree` (e.g. a `TrainState`) with every array on all mesh devices.
+
+  Over several processes every process must pass the same values (e.g. the same seeded
+  initialisation); each one puts its host copy on its own devices.
+  """
+  sharding = replicated_sharding(mesh)
+  if sharding.is_fully_addressable:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    host = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+  return jax.tree.map(put, tree)
+
+
+def to_host(tree: Any) -> Any:
+  """numpy copies of every array of `tree` on every process; arrays split over several
+  processes are gathered (`multihost_utils.process_allgather`), which all processes call."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+  return jax.tree.map(get, tree)
 
 
 def call_sharded(fn: Callable[..., Any], *batch: Any, mesh: Optional[Mesh] = None,
@@ -144,10 +242,11 @@ def call_sharded(fn: Callable[..., Any], *batch: Any, mesh: Optional[Mesh] = Non
   per-example computations such as attacks, where a padded copy of an example does not
   change the others; JIT-compiled `fn`s follow the placement of their inputs.
 
-  With `mesh=None` a mesh over all local devices is used; with one device this is
-  just `fn(*batch, **kwargs)`.
+  With `mesh=None` a mesh over this process's devices (`local_data_mesh`) is used: in a
+  multi-process run each process computes its own batch. With one device this is just
+  `fn(*batch, **kwargs)`.
   """
-  mesh = data_mesh() if mesh is None else mesh
+  mesh = local_data_mesh() if mesh is None else mesh
   leaves = jax.tree_util.tree_leaves(batch)
   if not leaves:
     raise InvjaxError("call_sharded: give at least one batch array")

@@ -182,3 +182,20 @@ def test_call_sharded_one_device_is_a_plain_call():
   assert float(out[1]) == 10.0
   with pytest.raises(InvjaxError, match="at least one batch array"):
     parallel.call_sharded(lambda: 0, mesh=mesh)
+
+
+def test_global_and_local_meshes_in_one_process():
+  glob, local = parallel.global_data_mesh(), parallel.local_data_mesh()
+  assert list(glob.devices.flat) == jax.devices()
+  assert list(local.devices.flat) == jax.local_devices()
+  assert parallel.data_mesh().devices.tolist() == glob.devices.tolist()  # the old name
+  n = parallel.num_data_shards(glob)
+  assert parallel.process_rows(6 * n, glob) == slice(0, 6 * n)
+  x = np.arange(6 * n * 2, dtype=np.float32).reshape(6 * n, 2)
+  for put in (parallel.global_batch({"x": x}, glob, 6 * n), parallel.shard_batch({"x": x}, glob)):
+    assert put["x"].sharding == parallel.batch_sharding(glob)
+    np.testing.assert_array_equal(parallel.to_host(put)["x"], x)
+  with pytest.raises(InvjaxError, match="no devices given"):
+    parallel.local_data_mesh([])
+  with pytest.raises(InvjaxError, match="leading batch axis"):
+    parallel.global_batch({"s": np.float32(1.0)}, glob, n)

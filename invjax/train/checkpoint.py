@@ -4,6 +4,12 @@ Checkpoints are written by orbax into a temporary directory renamed on completio
 directory that lacks orbax's completion metadata (a crash on a file system without atomic
 rename, a manual copy) is moved aside, never restored. `restore_variables(workdir)` reads the
 last finished checkpoint of any run without a template (any model, any optimizer).
+
+Several processes (`jax.distributed`): every process creates the `Checkpointer` and calls
+`save` / `restore` with the same steps, as orbax's multi-host checkpointing requires (each
+writes the shards of its own devices, process 0 the metadata and the json `extra`, with
+barriers between); the checkpoint directory is one directory all processes see (a bucket,
+NFS). Incomplete step directories are moved aside by process 0 while the others wait.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from invjax._src import process
 from invjax._src.checks import InvjaxError
 from invjax.train.state import TrainState
 
@@ -55,13 +62,17 @@ class Checkpointer:
 
   def _quarantine_incomplete(self) -> None:
     moved = False
-    for step in self.all_steps():
-      if not self._is_complete(step):
-        src = os.path.join(self.directory, str(step))
-        dst = f"{src}.incomplete-{int(time.time() * 1e3)}"
-        logging.warning("checkpoint %s is incomplete; moved to %s", src, dst)
-        os.replace(src, dst)
-        moved = True
+    if process.is_main_process():
+      for step in self.all_steps():
+        if not self._is_complete(step):
+          src = os.path.join(self.directory, str(step))
+          dst = f"{src}.incomplete-{int(time.time() * 1e3)}"
+          logging.warning("checkpoint %s is incomplete; moved to %s", src, dst)
+          os.replace(src, dst)
+          moved = True
+    if process.is_multiprocess():  # the others list the directory once process 0 is done
+      process.sync("invjax_checkpoint_quarantine")
+      moved = True
     if moved:
       self._manager.reload()
 
@@ -122,18 +133,27 @@ def restore_variables(workdir: str) -> Tuple[Dict[str, Any], int]:
     workdir: a run's workdir (holding `checkpoints/`) or the checkpoint directory itself.
 
   Restores the saved `TrainState` without a template (whatever optimizer trained it) and
-  returns `{"params": ..., **model_state}` for `model.apply`.
+  returns `{"params": ..., **model_state}` for `model.apply`. The arrays are restored whole
+  onto this process's first device, whatever devices and processes wrote them (the shapes
+  and dtypes come from the checkpoint's metadata), e.g. a pod slice's run read on one CPU.
   """
   path = os.path.abspath(workdir)
   if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
     path = os.path.join(path, CHECKPOINT_DIR)
   if not os.path.isdir(path):
     raise InvjaxError(f"no checkpoint directory at {path}")
-  with ocp.CheckpointManager(path) as manager:
+  handlers = {"state": ocp.StandardCheckpointHandler(), "extra": ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(path, item_handlers=handlers) as manager:
     step = manager.latest_step()
     if step is None:
       raise InvjaxError(f"no finished checkpoint in {path}")
-    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device)
+        if hasattr(m, "shape") and hasattr(m, "dtype") else m,
+        manager.item_metadata(step)["state"])
+    out = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
   state = out["state"]
   variables = {"params": state["params"], **dict(state.get("model_state") or {})}
   return jax.tree.map(jnp.asarray, variables), int(step)

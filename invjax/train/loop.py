@@ -5,6 +5,13 @@ last finished checkpoint in `workdir` and reproduces bit for bit the state of an
 uninterrupted run: the per-step rng is `fold_in(state.rng, step)`, the data order of epoch
 `e` is `batches(fold_in(data_key, e), ...)`, and the logging window that was open at the
 checkpoint is saved with it.
+
+Several processes (`jax.distributed`, a TPU pod slice or a GPU cluster) run the same loop
+with a `mesh` over all their devices (`invjax.parallel.global_data_mesh`): each process loads
+only its rows of every global batch (`batch_iterator(..., mesh=mesh)`), the checkpoints are
+written and restored by all of them together (orbax), and the metrics file and progress bar
+come from process 0. The global batches, hence the training, do not depend on the number of
+processes.
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ from absl import logging
 import jax
 
 from invjax import data as data_lib
+from invjax._src import process
 from invjax._src.checks import ConvergenceError, InvjaxError
 from invjax.train import metrics as metrics_lib
 from invjax.train.checkpoint import CHECKPOINT_DIR, Checkpointer
@@ -28,22 +36,37 @@ LOOP_OPTIONS = ("num_steps", "batch_size", "log_every", "checkpoint_every", "max
 
 
 def batch_iterator(data_key: jax.Array, dataset: data_lib.Dataset, batch_size: int,
-                   start_step: int = 0) -> Iterator[Batch]:
+                   start_step: int = 0, *, mesh=None) -> Iterator[Batch]:
   """Endless `{"x", "y"}` batches; epoch `e` is shuffled by `fold_in(data_key, e)`.
 
-  Starting at `start_step` yields exactly the batches an uninterrupted iterator
+  Batch `i` of epoch `e` is the rows `order[i * batch_size:(i + 1) * batch_size]` of
+  `order = data.permutation(fold_in(data_key, e), len(dataset))`, as `data.batches` yields
+  them. Starting at `start_step` yields exactly the batches an uninterrupted iterator
   yields from that step on (the epoch's permutation is recomputed, finished
   batches are skipped).
+
+  With a `mesh` (`invjax.parallel`), every batch of `batch_size` (the global batch) is a
+  global array split over the mesh's devices, of which this process reads from `dataset` only
+  its own rows (`parallel.process_rows`): the same global batches for any number of
+  processes. Without one, numpy batches.
   """
-  per_epoch = data_lib.num_batches(len(dataset), batch_size)
+  n = len(dataset)
+  if batch_size <= 0:
+    raise InvjaxError(f"batch_size must be > 0, got {batch_size}")
+  per_epoch = data_lib.num_batches(n, batch_size)
   if per_epoch == 0:
-    raise InvjaxError(f"batch_size {batch_size} is larger than the dataset ({len(dataset)})")
+    raise InvjaxError(f"batch_size {batch_size} is larger than the dataset ({n})")
+  rows = slice(0, batch_size)
+  if mesh is not None:
+    from invjax import parallel  # pylint: disable=g-import-not-at-top
+    rows = parallel.process_rows(batch_size, mesh)
   epoch, skip = divmod(int(start_step), per_epoch)
   while True:
-    key = jax.random.fold_in(data_key, epoch)
-    for i, (x, y) in enumerate(data_lib.batches(key, dataset, batch_size)):
-      if i >= skip:
-        yield {"x": x, "y": y}
+    order = data_lib.permutation(jax.random.fold_in(data_key, epoch), n)
+    for i in range(skip, per_epoch):
+      idx = order[i * batch_size:(i + 1) * batch_size][rows]
+      batch = {"x": dataset.x[idx], "y": dataset.y[idx]}
+      yield batch if mesh is None else parallel.global_batch(batch, mesh, batch_size)
     epoch, skip = epoch + 1, 0
 
 
@@ -90,10 +113,11 @@ def train_loop(state: TrainState, train_step: Callable, dataset: data_lib.Datase
     eval_step: optional, from `make_eval_step`; run on `eval_dataset`.
     eval_dataset: the evaluation `Dataset`.
     data_key: data-order key; default `default_data_key(seed)`.
-    mesh: optional `jax.sharding.Mesh` from `invjax.parallel.data_mesh`: the
-      state is replicated and each batch split over its "data" axis.
+    mesh: optional `jax.sharding.Mesh` from `invjax.parallel.global_data_mesh` (or
+      `maybe_data_mesh`): the state is replicated and each batch split over its "data"
+      axis; over several processes, each loads only its rows of every batch.
     hooks: `hook(step, state, metrics)` after every step (step = finished steps).
-    progress: show a tqdm bar.
+    progress: show a tqdm bar (process 0 only).
 
   Returns:
     (final state, last eval metrics or {}). Raises `ConvergenceError` when the
@@ -115,7 +139,8 @@ def train_loop(state: TrainState, train_step: Callable, dataset: data_lib.Datase
     parallel.check_batch_size(batch_size, mesh)
     state = parallel.replicate(state, mesh)
 
-  os.makedirs(workdir, exist_ok=True)
+  if process.is_main_process():
+    os.makedirs(workdir, exist_ok=True)
   writer = metrics_lib.MetricsWriter(os.path.join(workdir, metrics_lib.METRICS_FILE))
   ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=max_to_keep,
                       async_save=bool(async_checkpoints))
@@ -128,7 +153,7 @@ def train_loop(state: TrainState, train_step: Callable, dataset: data_lib.Datase
     writer.truncate_after(start)
     window = list(extra.get("window", []))  # metrics of the open logging window (floats)
     pending = []  # device metrics not yet converted
-    batches = batch_iterator(data_key, dataset, batch_size, start)
+    batches = batch_iterator(data_key, dataset, batch_size, start, mesh=mesh)
 
     def run_eval(step):
       metrics = evaluate(eval_step, state, eval_dataset, eval_bs, mesh=mesh)
@@ -136,14 +161,12 @@ def train_loop(state: TrainState, train_step: Callable, dataset: data_lib.Datase
       return {f"eval/{k}": v for k, v in metrics.items()}
 
     bar = None
-    if progress:
+    if progress and process.is_main_process():
       from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
       bar = tqdm.tqdm(total=num_steps, initial=start, desc="train", dynamic_ncols=True)
     t0, t0_step = time.perf_counter(), start
     for step in range(start + 1, num_steps + 1):
       batch = next(batches)
-      if mesh is not None:
-        batch = parallel.shard_batch(batch, mesh)
       state, metrics = train_step(state, batch)
       pending.append(metrics)
       for hook in hooks:

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from invjax._src import io
+from invjax._src import process
 from invjax._src.checks import InvjaxError
 
 METRICS_FILE = "metrics.jsonl"
@@ -16,15 +17,21 @@ TIME_PREFIX = "time/"  # metrics under this prefix are wall-clock and differ bet
 
 
 class MetricsWriter:
-  """Appends one json object per line to `path` (`{"step": s, name: value, ...}`)."""
+  """Appends one json object per line to `path` (`{"step": s, name: value, ...}`).
+
+  In a multi-process run only process 0 writes (`invjax._src.process.is_main_process`); the
+  others' writes are no-ops.
+  """
 
   def __init__(self, path: str):
     self.path = path
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    self.active = process.is_main_process()
+    if self.active:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
   def truncate_after(self, step: int) -> None:
     """Drops records with `step > step` (and torn lines), atomically."""
-    if not os.path.exists(self.path):
+    if not self.active or not os.path.exists(self.path):
       return
     kept = []
     with open(self.path) as f:
@@ -38,6 +45,8 @@ class MetricsWriter:
     io.write_text(self.path, "".join(line + "\n" for line in kept))
 
   def write(self, record: Mapping[str, Any]) -> None:
+    if not self.active:
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps(dict(record)) + "\n")
       f.flush()

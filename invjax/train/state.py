@@ -149,23 +149,29 @@ def evaluate(eval_step: Callable, state: TrainState, dataset: data_lib.Dataset,
 
   Batches are taken in order; the last one is padded (with repeats of the first
   example) to `batch_size` so that a single compiled shape serves every batch,
-  and the padding is excluded from the means.
+  and the padding is excluded from the means. With a `mesh` each batch is split
+  over its devices; over several processes each process reads only its rows
+  (`parallel.process_rows`) and the per-example values are gathered on every process
+  (`parallel.to_host`), so all of them return the same means.
   """
   n = len(dataset)
   if n == 0:
     raise InvjaxError("evaluate: the dataset is empty")
+  rows = slice(0, batch_size)
   if mesh is not None:
     from invjax import parallel  # pylint: disable=g-import-not-at-top
-    parallel.check_batch_size(batch_size, mesh)
+    rows = parallel.process_rows(batch_size, mesh)
   sums: Dict[str, float] = {}
   for start in range(0, n, batch_size):
     idx = np.arange(start, min(start + batch_size, n))
     valid = len(idx)
-    idx = np.concatenate([idx, np.zeros(batch_size - valid, idx.dtype)])
+    idx = np.concatenate([idx, np.zeros(batch_size - valid, idx.dtype)])[rows]
     batch = {"x": dataset.x[idx], "y": dataset.y[idx]}
     if mesh is not None:
-      batch = parallel.shard_batch(batch, mesh)
-    out = jax.device_get(eval_step(state, batch))
+      batch = parallel.global_batch(batch, mesh, batch_size)
+      out = parallel.to_host(eval_step(state, batch))
+    else:
+      out = jax.device_get(eval_step(state, batch))
     for name, values in out.items():
       values = np.asarray(values, np.float64)
       if values.shape[:1] != (batch_size,):
