@@ -197,7 +197,7 @@ def bench_latent(batch, repeats, clf_dir):
   test = data_lib.load("cifar10_mini", "test")
   model, variables, _, step = attack_launch.load_or_train(config, clf_dir, train_ds, test)
   if jax.local_device_count() > 1:  # on every device, next to the split batch
-    variables = parallel.replicate(variables, parallel.data_mesh())
+    variables = parallel.replicate(variables, parallel.local_data_mesh())
   logits_fn = jax.jit(lambda v: model.apply(
       variables, model.apply(variables, v, method="encode"), method="logits"))
   x_all = data_lib.to_float(test.x)

@@ -81,7 +81,7 @@ def run(config, workdir: str, data_dir: str | None = None) -> Dict[str, Any]:
       attacks=config.attacks, epsilons=config.epsilons, options=options,
       input_offset=spec["input_offset"], seed=config.seed, log=logging.info)
   files = report.write(result, workdir, step=step, num_images=n)
-  print(report.text(result.summary, step=step, num_images=n))
+  runtime.echo(report.text(result.summary, step=step, num_images=n))
   return {"checkpoint_step": step, **result.summary, "files": files}
 
 

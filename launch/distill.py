@@ -129,11 +129,11 @@ FLAGS = flags.FLAGS
 def main(argv):
   runtime.start(argv)
   if FLAGS.compare:
-    print(distill_lib.compare_runs(FLAGS.compare, FLAGS.workdir))
+    runtime.echo(distill_lib.compare_runs(FLAGS.compare, FLAGS.workdir))
     return
   results = run_experiment(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
-  print(distill_lib.markdown(results))
-  print(f"({results['wall_s']:.1f} s)")
+  runtime.echo(distill_lib.markdown(results))
+  runtime.echo(f"({results['wall_s']:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def run(config, workdir: str, data_dir: Optional[str] = None,
   io.write_text(os.path.join(workdir, TABLE_FILE),
                 f"# AutoAttack ({config.version}), {n} test images of {config.dataset}, "
                 f"checkpoint step {step}\n\n{table}")
-  print(table)
+  runtime.echo(table)
   return {**summary, "files": [JSON_FILE, TABLE_FILE]}
 
 

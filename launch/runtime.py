@@ -104,3 +104,9 @@ def start(argv) -> None:
   logging.info("%s", process.describe())
   if not process.is_main_process():
     logging.set_verbosity(logging.WARNING)
+
+
+def echo(text: str) -> None:
+  """Prints a launcher's final report, on process 0 only (every process runs the launcher)."""
+  if process.is_main_process():
+    print(text, flush=True)

@@ -51,8 +51,8 @@ def main(argv):
   results = train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
   extra = (f", test bits/dim {results['test_bits_per_dim']:.4f}"
            if "test_bits_per_dim" in results else "")
-  print(f"test accuracy {results['test_accuracy']:.4f}{extra} after {results['step']} steps "
-        f"({results['model']}, {results['wall_s']:.1f} s)")
+  runtime.echo(f"test accuracy {results['test_accuracy']:.4f}{extra} after {results['step']} steps "
+               f"({results['model']}, {results['wall_s']:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -68,9 +68,9 @@ def main(argv):
   runtime.start(argv)
   r = train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
   kind = "parseval" if r["parseval"] else "plain"
-  print(f"test accuracy {r['test_accuracy']:.4f} after {r['step']} steps ({kind}); singular "
-        f"values in [{r['min_singular_value']:.4f}, {r['max_singular_value']:.4f}] "
-        f"({r['wall_s']:.1f} s)")
+  runtime.echo(f"test accuracy {r['test_accuracy']:.4f} after {r['step']} steps ({kind}); singular "
+               f"values in [{r['min_singular_value']:.4f}, {r['max_singular_value']:.4f}] "
+               f"({r['wall_s']:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -46,8 +46,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   runtime.start(argv)
   results = train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
-  print(f"test bits/dim {results['test_bits_per_dim']:.4f} after {results['step']} steps "
-        f"({results['model']}, {results['wall_s']:.1f} s)")
+  runtime.echo(f"test bits/dim {results['test_bits_per_dim']:.4f} after {results['step']} steps "
+               f"({results['model']}, {results['wall_s']:.1f} s)")
 
 
 if __name__ == "__main__":

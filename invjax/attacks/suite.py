@@ -192,7 +192,7 @@ def run_suite(model, variables, x_all, y_all, *, attacks: Sequence[str],
   validate(attacks, options.norm, epsilons)
   epsilons = [float(e) for e in epsilons]
   if jax.local_device_count() > 1:  # on every device: attacks split their batch over them
-    variables = parallel.replicate(variables, parallel.data_mesh())
+    variables = parallel.replicate(variables, parallel.local_data_mesh())
   ctx = make_context(model, variables, input_offset=input_offset, options=options)
   x_all, y_all = jnp.asarray(x_all), jnp.asarray(y_all)
   correct = np.asarray(jnp.argmax(ctx.logits_fn(x_all), -1)) == np.asarray(y_all)

@@ -102,7 +102,7 @@ def transfer_table(teacher_fn: LogitsFn, student_model, student_vars, student_fn
   decode = lambda z: student_model.apply(student_vars, z, method="decode") + input_offset
   head = student_model.apply(student_vars, method="linear_head")
   if jax.local_device_count() > 1:  # an argument of the attacks next to the split batch
-    head = parallel.replicate(head, parallel.data_mesh())
+    head = parallel.replicate(head, parallel.local_data_mesh())
   rows = []
   key = jax.random.PRNGKey(seed)
   # One (iii) row per latent margin: kappa > 0 lands past the student's boundary, which
