@@ -35,11 +35,10 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from invjax._src import checks
@@ -188,13 +187,6 @@ def branch_layers(flow, params, spectral) -> Tuple[Tuple[BranchLayer, ...], ...]
   return tuple(out)
 
 
-def smoke_config() -> ml_collections.ConfigDict:
-  """CPU-friendly certified i-ResNet for 32x32x3 images: 2 stages x 1 block, hidden 16."""
-  return ml_collections.ConfigDict(dict(
-      stages=(1, 1), hidden=16, kind="conv", kernel_sizes=(3, 1, 3), coeff=0.9,
-      activation="lipswish", logdet="none", inverse_tol=1e-5, inverse_max_iter=100))
-
-
 def from_config(config: Any) -> LipschitzResNet:
   """`LipschitzResNet(**config)` from a flat dict / ConfigDict of its attributes."""
   cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
@@ -206,9 +198,3 @@ def from_config(config: Any) -> LipschitzResNet:
       cfg[f] = tuple(cfg[f])
   return LipschitzResNet(**cfg)
 
-
-def smoke(**overrides: Optional[Any]) -> LipschitzResNet:
-  """The `smoke_config()` model, with attribute overrides."""
-  cfg = smoke_config()
-  cfg.update(overrides)
-  return from_config(cfg)
