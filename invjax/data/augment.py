@@ -1,4 +1,5 @@
-"""Training-time augmentation of NHWC float images: random flips and padded random crops.
+"""Training-time augmentation of NHWC float images: random flips and padded random crops,
+Gaussian noise.
 
 The standard CIFAR-10 recipe (He et al. 2016): a horizontal flip with probability 1/2 and a
 random `size x size` crop of the image reflect-padded by `pad` pixels on each side. Pure
@@ -29,3 +30,12 @@ def flip_and_crop(key: jax.Array, x: jax.Array, *, pad: int = 4) -> jax.Array:
   offsets = jax.random.randint(k_crop, (b, 2), 0, 2 * pad + 1)
   crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c))
   return jax.vmap(crop)(padded, offsets)
+
+
+def gaussian_noise(key: jax.Array, x: jax.Array, *, sigma: float) -> jax.Array:
+  """`x + sigma * N(0, I)`: the noise augmentation of randomized smoothing's base classifier
+  (Cohen, Rosenfeld & Kolter 2019 train it on the noise it will be smoothed with). Not clipped
+  to the pixel range, as the smoothed classifier's noise is not."""
+  if not sigma >= 0:
+    raise InvjaxError(f"sigma must be >= 0, got {sigma}")
+  return x + sigma * jax.random.normal(key, x.shape, x.dtype)

@@ -18,6 +18,7 @@ from invjax.flows.fixed_point import (ConvergenceWarning, FixedPointInfo, check_
 from invjax.flows.glow import Glow, RealNVP
 from invjax.flows.iresnet import BlockSettings, IResNet, IResNetBlock
 from invjax.flows.irevnet import IRevNet, IRevNetBlock
+from invjax.flows.lipschitz_resnet import BranchLayer, LipschitzBlock, LipschitzResNet
 from invjax.flows.logdet import exact_logdet, power_series_logdet, russian_roulette_logdet
 from invjax.flows.registry import FLOWS, build, from_config
 from invjax.flows.multiscale import (MultiScale, bits_per_dim, standard_normal_logpdf,
@@ -30,6 +31,7 @@ __all__ = [
     "AdditiveCoupling",
     "AffineCoupling",
     "BlockSettings",
+    "BranchLayer",
     "Chain",
     "Conv1x1",
     "ConvergenceWarning",
@@ -44,6 +46,8 @@ __all__ = [
     "IRevNetBlock",
     "InvertibleClassifier",
     "LipSwish",
+    "LipschitzBlock",
+    "LipschitzResNet",
     "MultiScale",
     "RealNVP",
     "SpectralConv",

@@ -2,7 +2,7 @@
 
 A config names a model as `config.model = {"name": "iresnet", "stages": (1, 1), ...}`;
 `from_config(config.model, image_shape)` builds it. Every builder takes the image shape
-`(H, W, C)`; the flows whose layers infer it (i-ResNet, i-RevNet) ignore it.
+`(H, W, C)`; the flows whose layers infer it (i-ResNet, certified i-ResNet, i-RevNet) ignore it.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import flax.linen as nn
 
 from invjax._src.checks import InvjaxError
 from invjax.flows import iresnet
+from invjax.flows import lipschitz_resnet
 from invjax.flows.glow import Glow, RealNVP
 from invjax.flows.irevnet import IRevNet
 
@@ -31,6 +32,11 @@ def _iresnet(image_shape, **kwargs) -> nn.Module:
   return iresnet.from_config(kwargs)
 
 
+def _lipschitz_resnet(image_shape, **kwargs) -> nn.Module:
+  del image_shape
+  return lipschitz_resnet.from_config(kwargs)
+
+
 def _irevnet(image_shape, **kwargs) -> nn.Module:
   del image_shape
   return IRevNet(**kwargs)
@@ -38,7 +44,7 @@ def _irevnet(image_shape, **kwargs) -> nn.Module:
 
 # name -> builder(image_shape (H, W, C), **constructor kwargs) -> flow module
 FLOWS: Dict[str, Builder] = {"glow": _glow, "realnvp": _realnvp, "iresnet": _iresnet,
-                             "irevnet": _irevnet}
+                             "irevnet": _irevnet, "lipschitz_resnet": _lipschitz_resnet}
 
 
 def names() -> Sequence[str]:

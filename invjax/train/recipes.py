@@ -25,10 +25,14 @@ import optax
 from invjax import data as data_lib
 from invjax._src import io
 from invjax._src.checks import InvjaxError
+from invjax.data import augment as augment_lib
 from invjax.flows import classifier as classifier_lib
+from invjax.flows import lipschitz_resnet
 from invjax.flows import multiscale
 from invjax.flows import registry
 from invjax.nets import cnn
+from invjax.robust.certify import certify as certify_classifier
+from invjax.robust import margin_training
 from invjax.train.checkpoint import restore_variables
 from invjax.train.loop import train_loop
 from invjax.train.state import (TrainState, count_params, make_eval_step, make_train_step,
@@ -152,9 +156,10 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
                      test_ds: data_lib.Dataset, workdir: str, *,
                      optimizer: optax.GradientTransformation, nll_weight: float = 0.0,
                      augment: bool = False, report_bits_per_dim: bool = False,
-                     seed: int = 0, init_batch_size: int = 128, mesh=None,
-                     progress: bool = True, **loop: Any) -> Dict[str, Any]:
-  """Invertible classifier: cross-entropy + `nll_weight` * bits/dim of the flow.
+                     lipschitz_margin: float = 0.0, margin_variant: str = "tsuzuku",
+                     noise_sigma: float = 0.0, seed: int = 0, init_batch_size: int = 128,
+                     mesh=None, progress: bool = True, **loop: Any) -> Dict[str, Any]:
+  """Invertible classifier: cross-entropy (or a Lipschitz-margin loss) + `nll_weight` * bits/dim.
 
   Args:
     spec: from `classifier_spec` (written to `workdir/model.json`).
@@ -165,6 +170,15 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
       dequantised inputs, so `nll_weight > 0` trains on `(x + u) / 256`.
     augment: random flips and crops (`invjax.data.flip_and_crop`) of training images.
     report_bits_per_dim: also log and evaluate bits/dim.
+    lipschitz_margin: the l2 radius epsilon of Lipschitz-margin training (0: cross-entropy):
+      the loss is `invjax.robust.margin_training.margin_loss` with the network's current
+      constant (`lipschitz_estimate`, logged as "lipschitz"); needs a certifiable flow
+      (`lipschitz_resnet` or `iresnet`). The results then hold the certified constant
+      (`invjax.robust.certify.certified_lipschitz`) and the certified test accuracy at
+      epsilon.
+    margin_variant: `"tsuzuku"` (shifted non-true logits) or `"gloro"` (bottom class).
+    noise_sigma: Gaussian noise `x + sigma * N(0, I)` on training inputs
+      (`invjax.data.augment.gaussian_noise`; randomized smoothing's base classifier).
     seed: initialisation, per-step rng and data order.
     init_batch_size: images for the data-dependent initialisation.
     mesh: optional data-parallel mesh (`invjax.parallel`).
@@ -172,12 +186,19 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
     **loop: `train_loop` keywords (num_steps, batch_size, log_every, ...).
 
   Returns:
-    `{"test_accuracy", "step", "model", "wall_s"}` (+ "test_bits_per_dim" when reported).
+    `{"test_accuracy", "step", "model", "wall_s"}` (+ "test_bits_per_dim" when reported; +
+    "certified_lipschitz", "certified_accuracy", "lipschitz_margin" with a margin).
   """
   t_start = time.time()
+  margin_training.check_variant(margin_variant)
+  if not (lipschitz_margin >= 0 and noise_sigma >= 0):
+    raise InvjaxError(f"lipschitz_margin and noise_sigma must be >= 0, got {lipschitz_margin} "
+                      f"and {noise_sigma}")
+  model = build_classifier(spec)
+  if lipschitz_margin:
+    lipschitz_resnet.block_scale(model.flow)  # raises unless the flow is certifiable
   os.makedirs(workdir, exist_ok=True)
   io.write_json(os.path.join(workdir, MODEL_FILE), dict(spec))
-  model = build_classifier(spec)
   offset = float(spec["input_offset"])
   init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
 
@@ -189,6 +210,8 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
       x = data_lib.to_float(x_uint8)
     if training and augment:
       x = data_lib.flip_and_crop(aug_rng, x)
+    if training and noise_sigma:
+      x = augment_lib.gaussian_noise(jax.random.fold_in(aug_rng, 1), x, sigma=noise_sigma)
     return x + offset
 
   x_init = data_lib.to_float(train_ds.x[:init_batch_size]) + offset
@@ -208,6 +231,12 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
     (logits, z, log_det), new_state = forward(params, model_state, x, fwd_rng)
     loss, metrics = classifier_lib.hybrid_loss(logits, batch["y"], z, log_det,
                                                nll_weight=nll_weight)
+    if lipschitz_margin:
+      lip = margin_training.lipschitz_estimate(model, {"params": params, **new_state})
+      metrics["margin_loss"] = margin_training.margin_loss(
+          logits, batch["y"], lipschitz=lip, epsilon=lipschitz_margin, variant=margin_variant)
+      metrics["lipschitz"] = lip
+      loss = metrics["margin_loss"] + (nll_weight * metrics["bits_per_dim"] if nll_weight else 0.0)
     if not report_bits_per_dim:
       metrics.pop("bits_per_dim")
     return loss, (new_state, metrics)
@@ -228,6 +257,11 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
   results = {"test_accuracy": metrics["accuracy"], "step": int(state.step), "model": name}
   if "bits_per_dim" in metrics:
     results["test_bits_per_dim"] = metrics["bits_per_dim"]
+  if lipschitz_margin:
+    cert = certify_classifier(model, state.variables, data_lib.to_float(test_ds.x), test_ds.y,
+                               lipschitz_margin, input_offset=offset)
+    results.update(certified_lipschitz=cert.lipschitz, lipschitz_margin=float(lipschitz_margin),
+                   certified_accuracy=float(cert.certified_accuracy[0]))
   return _finish(workdir, results, t_start)
 
 
@@ -236,9 +270,13 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
 
 def train_cnn(model: nn.Module, train_ds: data_lib.Dataset, test_ds: data_lib.Dataset,
               workdir: str, *, optimizer: optax.GradientTransformation, augment: bool = False,
-              weight_decay: float = 0.0, seed: int = 0, mesh=None, progress: bool = True,
-              **loop: Any) -> Tuple[Dict[str, Any], float]:
+              weight_decay: float = 0.0, noise_sigma: float = 0.0, seed: int = 0, mesh=None,
+              progress: bool = True, **loop: Any) -> Tuple[Dict[str, Any], float]:
   """A (non-invertible) CNN classifier of `invjax.nets.cnn`, e.g. a distillation teacher.
+
+  `augment`: random flips and crops; `noise_sigma`: Gaussian noise `x + sigma * N(0, I)` on
+  training inputs (`invjax.data.augment.gaussian_noise`), the base classifier of randomized
+  smoothing.
 
   Returns (variables, test accuracy); a rerun in the same `workdir` resumes or reloads.
   """
@@ -247,10 +285,25 @@ def train_cnn(model: nn.Module, train_ds: data_lib.Dataset, test_ds: data_lib.Da
   params, model_state = split_variables(variables)
   state = TrainState.create(params, optimizer, jax.random.fold_in(key, 1), model_state)
   logging.info("teacher %s: %d parameters", type(model).__name__, count_params(params))
-  loss_fn = cnn.make_loss_fn(model, augment_fn=data_lib.flip_and_crop if augment else None,
+  loss_fn = cnn.make_loss_fn(model, augment_fn=_cnn_augment(augment, noise_sigma),
                              weight_decay=weight_decay)
   state, metrics = train_loop(
       state, make_train_step(loss_fn, optimizer, mutable=True, donate=True), train_ds, workdir,
       eval_step=make_eval_step(cnn.make_metric_fn(model)), eval_dataset=test_ds, mesh=mesh,
       progress=progress, seed=seed, **loop)
   return state.variables, metrics["accuracy"]
+
+
+def _cnn_augment(augment: bool, noise_sigma: float):
+  """The CNN's `augment_fn(key, x)`: flips and crops and / or Gaussian noise (None: neither)."""
+  if not noise_sigma >= 0:
+    raise InvjaxError(f"noise_sigma must be >= 0, got {noise_sigma}")
+  if not noise_sigma:
+    return data_lib.flip_and_crop if augment else None
+
+  def augment_fn(key, x):
+    if augment:
+      x = data_lib.flip_and_crop(key, x)
+    return augment_lib.gaussian_noise(jax.random.fold_in(key, 1), x, sigma=noise_sigma)
+
+  return augment_fn

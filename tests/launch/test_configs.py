@@ -20,7 +20,9 @@ CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG
 # the file's smoke variant (`smoke`, with the same model where the smoke mode has it).
 VARIANTS = {
     "flow": {"model=glow": "smoke", "model=realnvp": "smoke", "model=iresnet": "smoke"},
-    "classifier": {"model=iresnet": "smoke", "model=irevnet": "smoke", "model=glow": "smoke"},
+    "classifier": {"model=iresnet": "smoke", "model=irevnet": "smoke", "model=glow": "smoke",
+                   "model=certified": "smoke,model=certified",
+                   "cpu,model=certified": "smoke,model=certified"},
     "attack": {"model=iresnet": "smoke", "model=irevnet": "smoke", "model=glow": "smoke"},
     "distill": {"": "smoke", "cpu": "smoke", "cpu,jacobian": "smoke"},
     "passeurs": {"": "smoke"},
