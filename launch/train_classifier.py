@@ -9,6 +9,8 @@ relaunching the same command resumes.
       --workdir=/tmp/clf
   python -m launch.train_classifier --config=launch/configs/classifier.py:model=iresnet \
       --workdir=runs/iresnet_clf --data_dir=/path/to/cifar10_npz
+  python -m launch.train_classifier --config=launch/configs/classifier.py:smoke,model=certified \
+      --workdir=/tmp/clf_certified  # Lipschitz-margin training of a certifiable classifier
 """
 from __future__ import annotations
 
@@ -39,7 +41,9 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None) -> Dic
       optimizer=train.make_optimizer(**train.optimizer_kwargs(config)),
       nll_weight=config.nll_weight, augment=config.augment,
       report_bits_per_dim=config.report_bits_per_dim, init_batch_size=config.init_batch_size,
-      mesh=parallel.maybe_data_mesh(config.data_parallel), progress=config.progress,
+      lipschitz_margin=config.lipschitz_margin, margin_variant=config.margin_variant,
+      noise_sigma=config.noise_sigma, mesh=parallel.maybe_data_mesh(config.data_parallel),
+      progress=config.progress,
       **train.loop_kwargs(config))
 
 
@@ -51,6 +55,10 @@ def main(argv):
   results = train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
   extra = (f", test bits/dim {results['test_bits_per_dim']:.4f}"
            if "test_bits_per_dim" in results else "")
+  if "certified_accuracy" in results:
+    extra += (f", certified accuracy {results['certified_accuracy']:.4f} at L2 "
+              f"{results['lipschitz_margin']:.4g} "
+              f"(Lipschitz {results['certified_lipschitz']:.4g})")
   runtime.echo(f"test accuracy {results['test_accuracy']:.4f}{extra} after {results['step']} steps "
                f"({results['model']}, {results['wall_s']:.1f} s)")
 

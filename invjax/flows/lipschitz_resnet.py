@@ -4,7 +4,7 @@ A block is `F(x) = (x + g(x)) / (1 + c)`, where `g` is the i-ResNet residual bra
 (`invjax.flows.iresnet.ResidualNet`: spectrally normalised layers, each with operator norm
 `<= coeff`, separated by 1-Lipschitz activations) and `c = coeff ** n_layers` is the nominal
 bound of `Lip(g)`. The bounds, with `L_g` any upper bound of `Lip(g)` (the nominal `c`, or
-better the product of the layers' *actual* operator norms, `invjax.robust.certify`):
+better the product of the layers' *actual* operator norms, `invjax.robust.certificates`):
 
 * `Lip(F) <= (1 + L_g) / (1 + c)`: `||F(x) - F(x')|| <= (||x - x'|| + ||g(x) - g(x')||) /
   (1 + c)` (triangle inequality); `<= 1` when `L_g <= c`.
@@ -26,7 +26,7 @@ to absorb a `(1 + c) ** n` factor (the certified radius is unchanged by a global
 `branch_layers(flow, params, spectral)` gives, for a `LipschitzResNet` or an `IResNet`, the
 normalised kernels each branch really applies (the formula of `invjax.flows.spectral_norm`,
 `W / max(1, ||W v|| / coeff)` with the stored power-iteration vector `v`) and their input
-shapes, which is what `invjax.robust.certify` bounds and `invjax.robust.margin_training`
+shapes, which is what `invjax.robust.certificates` bounds and `invjax.robust.margin_training`
 differentiates.
 
 Example:
@@ -113,7 +113,7 @@ class LipschitzResNet(IResNet):
 
   def lipschitz_bounds(self) -> Tuple[float, float]:
     """Nominal `(Lip(F), Lip(F^-1)) = (1, prod_i (1 + c) / (1 - c))` (converged power
-    iterations assumed; `invjax.robust.certify.certified_lipschitz` certifies the weights)."""
+    iterations assumed; `invjax.robust.certificates.certified_lipschitz` certifies the weights)."""
     c = nominal_branch_bound(self.coeff, len(self.kernel_sizes))
     n = sum(int(s) for s in self.stages)
     return 1.0, ((1.0 + c) / (1.0 - c)) ** n

@@ -16,7 +16,7 @@ exceeds `sqrt(2) L epsilon` is certified at radius `epsilon`
 
 `L` is the network's current constant computed differentiably from the parameters by
 `lipschitz_estimate`: the same composition as the certificate
-(`invjax.robust.certify.certified_lipschitz`), `||A||_2 * prod_b s (1 + prod_i sigma_bi)`,
+(`invjax.robust.certificates.certified_lipschitz`), `||A||_2 * prod_b s (1 + prod_i sigma_bi)`,
 but with each layer's norm taken as the power-iteration value `sigma_bi = ||W_sn v||` for the
 vector `v` the spectral layers carry in their `"spectral"` collection (advanced at every
 training step). That value is a lower bound of the layer's norm which converges to it as

@@ -31,7 +31,7 @@ from invjax.flows import lipschitz_resnet
 from invjax.flows import multiscale
 from invjax.flows import registry
 from invjax.nets import cnn
-from invjax.robust.certify import certify as certify_classifier
+from invjax.robust.certificates import certify as certify_classifier
 from invjax.robust import margin_training
 from invjax.train.checkpoint import restore_variables
 from invjax.train.loop import train_loop
@@ -174,7 +174,7 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
       the loss is `invjax.robust.margin_training.margin_loss` with the network's current
       constant (`lipschitz_estimate`, logged as "lipschitz"); needs a certifiable flow
       (`lipschitz_resnet` or `iresnet`). The results then hold the certified constant
-      (`invjax.robust.certify.certified_lipschitz`) and the certified test accuracy at
+      (`invjax.robust.certificates.certified_lipschitz`) and the certified test accuracy at
       epsilon.
     margin_variant: `"tsuzuku"` (shifted non-true logits) or `"gloro"` (bottom class).
     noise_sigma: Gaussian noise `x + sigma * N(0, I)` on training inputs

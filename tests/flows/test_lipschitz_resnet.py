@@ -10,7 +10,7 @@ from invjax import InvjaxError
 from invjax import flows
 from invjax.flows import lipschitz_resnet
 from invjax.flows.spectral_norm import SpectralConv
-from invjax.robust.certify import certified_lipschitz
+from invjax.robust.certificates import certified_lipschitz
 from invjax.train import recipes
 from tests.flows.helpers import check_log_det_and_inverse
 

@@ -28,6 +28,7 @@ VARIANTS = {
     "passeurs": {"": "smoke"},
     "cnn": {"": "smoke", "parseval": "smoke,parseval", "cpu": "smoke",
             "cpu,parseval": "smoke,parseval"},
+    "certify": {"": "smoke"},
     "evaluate": {"model=iresnet": "smoke", "model=irevnet": "smoke", "model=glow": "smoke",
                  "model=iresnet,norm=l2": "smoke,norm=l2"},
 }

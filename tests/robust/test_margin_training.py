@@ -13,7 +13,7 @@ from scipy.special import logsumexp
 from invjax import InvjaxError
 from invjax import data as data_lib
 from invjax import flows
-from invjax.robust.certify import certified_lipschitz
+from invjax.robust.certificates import certified_lipschitz
 from invjax.robust import margin_training
 from invjax.train import recipes
 

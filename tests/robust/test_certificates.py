@@ -13,9 +13,8 @@ import pytest
 from invjax import InvjaxError
 from invjax import attacks
 from invjax import robust
-# `invjax.robust.certify` may be re-exported as the function: import the names.
-from invjax.robust.certify import (certified_lipschitz, certify, conv_norm_bound,
-                                   latent_to_image_lower_bound, plot_certified_curve)
+from invjax.robust.certificates import (certified_lipschitz, certify, conv_norm_bound,
+                                        latent_to_image_lower_bound, plot_certified_curve)
 from invjax.robust import margin_training
 from invjax.train import recipes
 
