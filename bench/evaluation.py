@@ -11,8 +11,11 @@ at `--epsilon`. Rows, each run by both libraries in the same process, one after 
 
 For each: robust accuracy (on all images, clean mistakes count as broken), images/s (wall time
 of the call after one warm-up call on the same batch: both sides run eagerly/compiled as their
-users run them) and the speed ratio invjax / torchattacks. Target (issue 19): invjax >= 1.5x
-torchattacks end to end at the same robust accuracy (+-0.5 points).
+users run them), the speed ratio invjax / torchattacks, and each side's first call (invjax:
+compilation included). Target (issue 19): invjax >= 1.5x torchattacks end to end at the same
+robust accuracy (+-0.5 points). On a shared CPU, pin both to the same core(s) and threads
+(`taskset -c 0 ... --cpu_devices=0 --torch_threads=1`); `--notorch_warmup` times
+torchattacks' first call (its warm-up only warms the allocator, a small share of a long run).
 
   PYTHONPATH=. .venv/bin/python bench/evaluation.py --num_images=100 --out=/tmp/eval.md
   PYTHONPATH=. .venv/bin/python bench/evaluation.py --num_images=32 --parts=apgd  # quick
@@ -44,21 +47,33 @@ flags.DEFINE_float("epsilon", 8 / 255, "Budget.")
 flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "Norm.")
 flags.DEFINE_integer("cnn_steps", 300, "Training steps of the SmallCNN.")
 flags.DEFINE_integer("square_queries", 5000, "Queries of the Square rows.")
+flags.DEFINE_integer("square_min_buffer", 0, "min_buffer of the invjax Square row (batch "
+                     "compaction); 0: the library default; >= the batch: no compaction.")
 flags.DEFINE_list("parts", ["autoattack", "apgd", "square"], "Rows to run.")
+flags.DEFINE_list("sharded", ["apgd", "square"], "invjax rows whose batch is split over the "
+                  "JAX CPU devices (parallel.call_sharded); the others run on one device "
+                  "(the AutoAttack row always does: autoattack drives its attacks itself).")
 flags.DEFINE_integer("cpu_devices", -1, "JAX CPU devices (set before JAX starts): -1 one per "
                      "core, 0 JAX's default (one). invjax rows split their batch over them.")
+flags.DEFINE_integer("torch_threads", 0, "torch intra-op threads (0: torch's default).")
+flags.DEFINE_bool("torch_warmup", True, "Warm torchattacks up with a first call (its time "
+                  "is the first-call column); without, the first call is the one timed.")
 flags.DEFINE_string("out", None, "Also write the markdown table to this file.")
 FLAGS = flags.FLAGS
 
 
-def _timed(fn):
-  fn()  # warm-up: compilation (invjax), allocator (torch)
+def _timed(fn, warmup=True):
+  """(output, seconds of the second call, seconds of the first: compilation included)."""
   t0 = time.perf_counter()
+  if warmup:
+    fn()  # warm-up: compilation (invjax), allocator (torch)
+  t1 = time.perf_counter()
   out = fn()
-  return out, time.perf_counter() - t0
+  return out, time.perf_counter() - t1, t1 - t0
 
 
-def run(num_images, epsilon, norm, cnn_steps, square_queries, parts) -> str:
+def run(num_images, epsilon, norm, cnn_steps, square_queries, parts, sharded=(),
+        square_min_buffer=None, torch_warmup=True) -> str:
   import torch  # pylint: disable=g-import-not-at-top
   import torchattacks  # pylint: disable=g-import-not-at-top
   from invjax.attacks import autopgd as apgd_lib  # pylint: disable=g-import-not-at-top
@@ -81,9 +96,12 @@ def run(num_images, epsilon, norm, cnn_steps, square_queries, parts) -> str:
   def robust_invjax(x_adv):
     return float(np.mean(np.argmax(np.asarray(logits_fn(x_adv)), 1) == np.asarray(y)))
 
-  def sharded(attack):
+  def invjax_call(part, attack):
     def call():
-      res = parallel.call_sharded(lambda xb, yb: attack(xb, yb), x, y)
+      if part in sharded:
+        res = parallel.call_sharded(lambda xb, yb: attack(xb, yb), x, y)
+      else:
+        res = attack(x, y)
       jax.block_until_ready(res.x_adv)
       return res.x_adv
     return call
@@ -96,14 +114,15 @@ def run(num_images, epsilon, norm, cnn_steps, square_queries, parts) -> str:
                                                      version="standard", n_classes=10,
                                                      seed=0)(xt, yt)),
       "apgd": ("APGD-CE (100 steps)",
-               sharded(lambda xb, yb: apgd_lib.apgd(logits_fn, xb, yb, key=key, epsilon=epsilon,
-                                                    norm=norm, loss="ce", num_steps=100)),
+               invjax_call("apgd", lambda xb, yb: apgd_lib.apgd(
+                   logits_fn, xb, yb, key=key, epsilon=epsilon, norm=norm, loss="ce",
+                   num_steps=100)),
                lambda: torchattacks.APGD(tmodel, norm=ta_norm, eps=epsilon, steps=100,
                                          n_restarts=1, loss="ce", seed=0)(xt, yt)),
       "square": (f"Square ({square_queries} queries)",
-                 sharded(lambda xb, yb: square_lib.square(logits_fn, xb, yb, key=key,
-                                                          epsilon=epsilon, norm=norm,
-                                                          num_queries=square_queries)),
+                 invjax_call("square", lambda xb, yb: square_lib.square(
+                     logits_fn, xb, yb, key=key, epsilon=epsilon, norm=norm,
+                     num_queries=square_queries, min_buffer=square_min_buffer)),
                  lambda: torchattacks.Square(tmodel, norm=ta_norm, eps=epsilon,
                                              n_queries=square_queries, n_restarts=1,
                                              seed=0)(xt, yt)),
@@ -113,23 +132,30 @@ def run(num_images, epsilon, norm, cnn_steps, square_queries, parts) -> str:
            f"{diff:.1e}; {jax.device_count()} JAX device(s), torch threads "
            f"{torch.get_num_threads()}; torchattacks {torchattacks.__version__}", "",
            "| attack | invjax robust acc | torchattacks robust acc | invjax images/s | "
-           "torchattacks images/s | speed-up |", "|---|---|---|---|---|---|"]
+           "torchattacks images/s | speed-up | invjax first call s | torchattacks first "
+           "call s |", "|---|---|---|---|---|---|---|---|"]
   for part in parts:
     name, ours, theirs = rows[part]
-    x_ours, t_ours = _timed(ours)
-    x_theirs, t_theirs = _timed(theirs)
+    x_ours, t_ours, first_ours = _timed(ours)
+    x_theirs, t_theirs, first_theirs = _timed(theirs, torch_warmup)
     lines.append(f"| {name} | {robust_invjax(x_ours):.3f} | {robust_torch(x_theirs):.3f} | "
                  f"{num_images / t_ours:.1f} | {num_images / t_theirs:.1f} | "
-                 f"{t_theirs / t_ours:.2f}x |")
+                 f"{t_theirs / t_ours:.2f}x | {first_ours:.1f} | "
+                 f"{first_theirs if torch_warmup else t_theirs:.1f} |")
+    print(lines[-1], file=sys.stderr, flush=True)
   return "\n".join(lines) + "\n"
 
 
 def main(argv):
   del argv
+  if FLAGS.torch_threads:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(FLAGS.torch_threads)
   if FLAGS.cpu_devices:
     parallel.cpu_cores_as_devices(None if FLAGS.cpu_devices < 0 else FLAGS.cpu_devices)
   report.emit(run(FLAGS.num_images, FLAGS.epsilon, FLAGS.norm, FLAGS.cnn_steps,
-                  FLAGS.square_queries, FLAGS.parts), FLAGS.out)
+                  FLAGS.square_queries, FLAGS.parts, FLAGS.sharded,
+                  FLAGS.square_min_buffer or None, FLAGS.torch_warmup), FLAGS.out)
 
 
 if __name__ == "__main__":

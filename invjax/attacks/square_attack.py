@@ -24,11 +24,17 @@ The window side follows the paper's schedule of the fraction p of pixels it cove
 (at least 1 for L_inf, at least 3 and odd for L2). Window positions are uniform over the
 positions inside the image and drawn per example.
 
-The whole search is one compiled `lax.while_loop` (no gradient, so no reason to unroll on
-CPU), batch-first and jit-able (wrap it in `jax.jit` with `logits_fn` closed over and the
-structural arguments static); the random draws come from the explicit `key`. Per-example
-early stop: an adversarial example is no longer queried, and the loop exits once every
-example is adversarial or out of queries.
+The search is one compiled program of `lax.while_loop`s (no gradient, so no reason to
+unroll on CPU), batch-first and jit-able (wrap it in `jax.jit` with `logits_fn` closed over
+and the structural arguments static). Per-example early stop: an adversarial example is no
+longer queried, and the search exits once every example is adversarial or out of queries.
+Batch compaction (`invjax._src.compaction`): the iterations run over buffers that halve as
+examples break (the batch, then powers of two down to `min_buffer`), each holding the
+examples still searched, so the model is not evaluated on many finished examples. The
+random draws of an iteration are made for the whole batch (from `key`, the restart and the
+iteration) and each buffer keeps its examples' rows, and the window side is a function of
+the iteration, which the examples searched share: an example's search does not depend on
+the buffer it runs in, so compaction changes the cost, not the result.
 
 Queries are counted per example in `result.num_forward_evals`: the clean input (an example
 already misclassified costs 1 and is returned unchanged), then per restart the starting
@@ -39,7 +45,7 @@ example and restart (`num_queries * num_restarts` in all). The success re-check 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import chex
 import jax
@@ -48,6 +54,7 @@ import numpy as np
 import optax
 
 from invjax._src import checks
+from invjax._src import compaction
 from invjax._src import compilation
 from invjax._src import geometry
 from invjax._src import loops
@@ -58,6 +65,12 @@ from invjax.attacks.result import AttackResult, from_adversarial, is_adversarial
 LogitsFn = inputs.LogitsFn
 
 LOSSES = ("margin", "ce")
+
+# Smallest compaction buffer (`min_buffer=None`): every buffer size is one more compiled
+# copy of the search step (the model included), and below 8 rows a step can save at most 7
+# rows; accelerators are only busy with large batches.
+DEFAULT_MIN_BUFFER = 8
+DEFAULT_MIN_BUFFER_ACCELERATOR = 256
 
 # Iterations of a 10,000-query run after which the paper's schedule halves p once more.
 P_HALVING_ITERATIONS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -119,12 +132,16 @@ def _inside(r, c, side) -> jax.Array:
   return (r >= 0) & (r < side) & (c >= 0) & (c < side)
 
 
-def _corners(key: jax.Array, x: jax.Array, side):
-  """Uniform top-left corners [batch] (rows, cols) of windows of `side` inside the image."""
-  b, h, w, _ = x.shape
+def _corners(key: jax.Array, rows, x: jax.Array, side):
+  """Uniform top-left corners [rows] (rows, cols) of windows of `side` inside the image.
+
+  `rows` = (idx, num): the draws are made for all `num` examples of the batch and the
+  rows `idx` (the buffer's examples) are kept, so that an example's draws do not depend
+  on the buffer it is in (`invjax._src.compaction`)."""
+  (idx, num), (_, h, w, _) = rows, x.shape
   k_r, k_c = jax.random.split(key)
-  top = jax.random.randint(k_r, (b,), 0, h - side + 1, dtype=jnp.int32)
-  left = jax.random.randint(k_c, (b,), 0, w - side + 1, dtype=jnp.int32)
+  top = jax.random.randint(k_r, (num,), 0, h - side + 1, dtype=jnp.int32)[idx]
+  left = jax.random.randint(k_c, (num,), 0, w - side + 1, dtype=jnp.int32)[idx]
   return top, left
 
 
@@ -182,12 +199,12 @@ def _linf_init(key, x, eps):
   return jnp.clip(x + eps * stripes, 0.0, 1.0)
 
 
-def _linf_candidate(key, x_best, x, eps, side):
+def _linf_candidate(key, rows, x_best, x, eps, side):
   """Sets one window per example to x +- eps (one random sign per channel)."""
   k_pos, k_sign = jax.random.split(key)
-  top, left = _corners(k_pos, x, side)
+  top, left = _corners(k_pos, rows, x, side)
   r, c = _coords(x, top, left)
-  signs = jax.random.rademacher(k_sign, (x.shape[0], 1, 1, x.shape[-1]), x.dtype)
+  signs = jax.random.rademacher(k_sign, (rows[1], 1, 1, x.shape[-1]), x.dtype)[rows[0]]
   cand = jnp.where(_inside(r, c, side), x_best + 2.0 * eps * signs, x_best)
   return geometry.project(cand, x, eps, "linf")
 
@@ -214,21 +231,21 @@ def _l2_init(key, x, eps):
   return jnp.clip(x + eps * geometry.unit_l2(delta), 0.0, 1.0)
 
 
-def _l2_candidate(key, x_best, x, eps, side):
+def _l2_candidate(key, rows, x_best, x, eps, side):
   """The paper's L2 move: the perturbation of windows W1 and W2 and the unused budget go
   into W1 (per channel: its old content, normalised, plus a fresh signed pattern), W2 is
   emptied, and the whole perturbation is rescaled to norm eps."""
   k1, k2, k_t, k_s = jax.random.split(key, 4)
-  b, _, _, c = x.shape
-  r1, c1 = _coords(x, *_corners(k1, x, side))
-  r2, c2 = _coords(x, *_corners(k2, x, side))
+  (idx, b), c = rows, x.shape[-1]
+  r1, c1 = _coords(x, *_corners(k1, rows, x, side))
+  r2, c2 = _coords(x, *_corners(k2, rows, x, side))
   w1, w2 = _inside(r1, c1, side), _inside(r2, c2, side)
   delta = x_best - x
   budget = jnp.maximum(jnp.square(eps) - jnp.square(geometry.l2_norm(delta)), 0.0) / c
   target = jnp.sqrt(budget + jnp.square(_channel_norm(jnp.where(w1 | w2, delta, 0.0))))
   old = jnp.where(w1, delta, 0.0)
-  transpose = jax.random.bernoulli(k_t, 0.5, (b, 1, 1, 1))
-  signs = jax.random.rademacher(k_s, (b, 1, 1, c), x.dtype)
+  transpose = jax.random.bernoulli(k_t, 0.5, (b, 1, 1, 1))[idx]
+  signs = jax.random.rademacher(k_s, (b, 1, 1, c), x.dtype)[idx]
   new = _eta(r1, c1, side, transpose, max(x.shape[1:3])) * signs
   new = new + old / jnp.maximum(_channel_norm(old), TINY)
   new = new / jnp.maximum(_channel_norm(new), TINY) * target
@@ -245,7 +262,7 @@ _MOVES = {"linf": (_linf_init, _linf_candidate), "l2": (_l2_init, _l2_candidate)
 def square(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, epsilon,
            norm: str = "linf", num_queries: int = 5000, p_init: float = 0.8,
            num_restarts: int = 1, loss: str = "margin", early_stop: bool = True,
-           targeted: bool = False) -> AttackResult:
+           targeted: bool = False, min_buffer: Optional[int] = None) -> AttackResult:
   """Square attack (Andriushchenko et al. 2020), L_inf or L2, score-based (no gradients).
 
   Args:
@@ -264,6 +281,9 @@ def square(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, e
     early_stop: stop querying an example once it is adversarial (static). Without it
       every example uses all its queries to lower the loss further (it stays adversarial).
     targeted: reach class `y` instead of leaving it (static).
+    min_buffer: smallest buffer the examples still searched are compacted into (static,
+      module docstring); None: `DEFAULT_MIN_BUFFER` on CPU, `DEFAULT_MIN_BUFFER_ACCELERATOR`
+      elsewhere; `>= batch`: no compaction. It changes the cost, not the result.
 
   Returns:
     AttackResult; `num_forward_evals` is int32 [batch], the queries spent on each example
@@ -285,11 +305,15 @@ def square(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, e
   if (isinstance(p_init, bool) or not isinstance(p_init, (int, float, np.floating))
       or not 0.0 < p_init <= 1.0):
     raise checks.InvjaxError(f"p_init must be a float in (0, 1], got {p_init!r}")
+  if min_buffer is None:
+    cpu = jax.default_backend() == "cpu"
+    min_buffer = DEFAULT_MIN_BUFFER if cpu else DEFAULT_MIN_BUFFER_ACCELERATOR
+  inputs.check_positive_int(min_buffer, "min_buffer")
   eps = jnp.broadcast_to(jnp.asarray(epsilon, jnp.float32), (np.shape(x)[0],))
   return _square(logits_fn, jnp.asarray(x), jnp.asarray(y), key, eps, norm=norm,
                  num_queries=int(num_queries), p_init=float(p_init),
                  num_restarts=int(num_restarts), loss=loss, early_stop=bool(early_stop),
-                 targeted=bool(targeted))
+                 targeted=bool(targeted), min_buffer=int(min_buffer))
 
 
 class _Best(NamedTuple):
@@ -300,11 +324,13 @@ class _Best(NamedTuple):
   queries: jax.Array
 
 
-class _Search(NamedTuple):
-  """One restart's random search: the iteration, the search state, and the examples that
-  take no part (broken before this restart)."""
-  i: jax.Array
-  best: _Best
+class _Rows(NamedTuple):
+  """Per example, what a restart's search only reads: the input, label, budget [b,1,1,1],
+  index in the batch, and whether it takes no part (broken before the restart)."""
+  x: jax.Array
+  y: jax.Array
+  eps: jax.Array
+  index: jax.Array
   frozen: jax.Array
 
 
@@ -315,54 +341,55 @@ class _Restarts(NamedTuple):
 
 @functools.partial(compilation.jit, static_argnames=(
     "logits_fn", "norm", "num_queries", "p_init", "num_restarts", "loss", "early_stop",
-    "targeted"))
+    "targeted", "min_buffer"))
 def _square(logits_fn, x, y, key, eps, *, norm, num_queries, p_init, num_restarts, loss,
-            early_stop, targeted):
+            early_stop, targeted, min_buffer):
   """The compiled search; `eps` is float [batch]."""
   batch, height, width, _ = x.shape
   chex.assert_shape([y, eps], (batch,))
   eps_b = _bx(eps)
   init_fn, candidate_fn = _MOVES[norm]
+  sizes = compaction.buffer_sizes(batch, min_buffer)
 
-  def evaluate(v):
+  def evaluate(v, labels):
     logits = logits_fn(v)
-    return _search_loss(logits, y, loss, targeted), is_adversarial(logits, y, targeted=targeted)
+    return (_search_loss(logits, labels, loss, targeted),
+            is_adversarial(logits, labels, targeted=targeted))
 
-  def active(s: _Search) -> jax.Array:
-    return ~s.frozen & ~s.best.adv if early_stop else ~s.frozen
+  def active(s: _Best, c: _Rows) -> jax.Array:
+    return ~c.frozen & ~s.adv if early_stop else ~c.frozen
+
+  def search(k_loop):
+    def body(i, s: _Best, c: _Rows):
+      on = active(s, c)
+      side = _side(i, num_queries, p_init, height, width, norm)
+      cand = candidate_fn(jax.random.fold_in(k_loop, i), (c.index, batch), s.x, c.x, c.eps,
+                          side)
+      cand_loss, cand_adv = evaluate(cand, c.y)
+      # Lower loss (never trading an adversarial point for a non-adversarial one), or the
+      # first adversarial point.
+      take = on & (((cand_loss < s.loss) & (cand_adv | ~s.adv)) | (cand_adv & ~s.adv))
+      return i + 1, _Best(jnp.where(_bx(take), cand, s.x), jnp.where(take, cand_loss, s.loss),
+                          s.adv | (take & cand_adv), s.queries + on.astype(jnp.int32))
+    return body
 
   def one_restart(r, best: _Best) -> _Best:
     k_init, k_loop = jax.random.split(jax.random.fold_in(key, r))
     frozen = best.adv
     x0 = init_fn(k_init, x, eps_b)
-    loss0, adv0 = evaluate(x0)
+    loss0, adv0 = evaluate(x0, y)
     start = _Best(jnp.where(_bx(frozen), best.x, x0), jnp.where(frozen, best.loss, loss0),
                   frozen | adv0, best.queries + (~frozen).astype(jnp.int32))
     # The first restart's budget also holds the clean input's query.
     limit = num_queries - 1 - (jnp.asarray(r) == 0).astype(jnp.int32)
-
-    def body(s: _Search) -> _Search:
-      on = active(s)
-      side = _side(s.i, num_queries, p_init, height, width, norm)
-      cand = candidate_fn(jax.random.fold_in(k_loop, s.i), s.best.x, x, eps_b, side)
-      cand_loss, cand_adv = evaluate(cand)
-      # Lower loss (never trading an adversarial point for a non-adversarial one), or
-      # the first adversarial point.
-      take = on & (((cand_loss < s.best.loss) & (cand_adv | ~s.best.adv))
-                   | (cand_adv & ~s.best.adv))
-      b = s.best
-      new = _Best(jnp.where(_bx(take), cand, b.x), jnp.where(take, cand_loss, b.loss),
-                  b.adv | (take & cand_adv), b.queries + on.astype(jnp.int32))
-      return _Search(s.i + 1, new, s.frozen)
-
-    cond = lambda s: (s.i < limit) & jnp.any(active(s))
-    s = loops.bounded_while(cond, body, _Search(jnp.int32(0), start, frozen), num_queries - 1,
-                            unroll=False).best
+    rows = _Rows(x, y, eps_b, jnp.arange(batch), frozen)
+    _, s = compaction.shrinking_while(lambda i: i < limit, search(k_loop), active,
+                                      jnp.int32(0), start, rows, num_queries - 1, sizes)
     take = ~frozen & (s.adv | (s.loss < best.loss))
     return _Best(jnp.where(_bx(take), s.x, best.x), jnp.where(take, s.loss, best.loss),
                  best.adv | s.adv, s.queries)
 
-  loss_clean, adv_clean = evaluate(x)
+  loss_clean, adv_clean = evaluate(x, y)
   best = _Best(x, loss_clean, adv_clean, jnp.ones((batch,), jnp.int32))
   if num_restarts == 1:
     best = one_restart(0, best)

@@ -251,3 +251,84 @@ def test_agrees_with_torchattacks_square():
     theirs = float((tmodel(adv).argmax(1) == yt_).float().mean())
     robust = 1.0 - float(np.mean(np.asarray(ours.success)))
     assert abs(robust - theirs) <= 4 / 64 + 1e-9, (eps, robust, theirs)
+
+
+def _row_model(seed=4):
+  """A linear model whose logits are per-row elementwise products and sums (no matmul), so
+  that a row's logits are bitwise the same whatever the batch it is evaluated in."""
+  w = jax.random.normal(jax.random.PRNGKey(seed), (int(np.prod(SHAPE)), 10))
+  fn = jax.jit(lambda v: jnp.sum(v.reshape(v.shape[0], -1, 1) * w[None], axis=1))
+  x = jax.random.uniform(jax.random.PRNGKey(seed + 1), (N,) + SHAPE, minval=0.25, maxval=0.75)
+  y = jnp.argmax(fn(x), 1).astype(jnp.int32)
+  dist, _ = _min_distances(w, x)
+  return fn, x, y, dist
+
+
+@pytest.mark.parametrize("norm, restarts", [("linf", 2), ("l2", 1)])
+def test_compaction_gives_the_uncompacted_search(norm, restarts):
+  """Compacted into buffers down to 4 examples, or not at all (`min_buffer` = the batch):
+  the same points, successes and query counts, exactly. Each example's draws are its rows of
+  the whole batch's draws and the model's rows do not mix (`_row_model`), so nothing an
+  example sees depends on its buffer; the budgets (from 1.5x / 2.5x the closed-form
+  distances up) leave examples broken early, late and never."""
+  fn, x, y, dist = _row_model()
+  n = 16
+  x, y = x[:n], y[:n]
+  eps = dist[norm][:n] * np.linspace(*{"linf": (1.5, 6.0), "l2": (2.5, 5.0)}[norm], n)
+  num_queries = 150
+  kw = dict(key=jax.random.PRNGKey(3), epsilon=eps, norm=norm, num_queries=num_queries,
+            num_restarts=restarts)
+  whole = square(fn, x, y, min_buffer=n, **kw)
+  q = np.asarray(whole.num_forward_evals)
+  assert q.min() < num_queries / 2 and q.max() == restarts * num_queries
+  assert np.sum(q < q.max()) > n // 2  # the search went on in smaller buffers
+  r = square(fn, x, y, min_buffer=4, **kw)
+  _check_result(fn, x, np.asarray(y), r, eps, norm, restarts * num_queries)
+  np.testing.assert_array_equal(np.asarray(r.x_adv), np.asarray(whole.x_adv))
+  np.testing.assert_array_equal(np.asarray(r.success), np.asarray(whole.success))
+  np.testing.assert_array_equal(np.asarray(r.num_forward_evals), q)
+
+
+def test_queries_are_the_model_calls_spent():
+  """Recounted from the model's own calls (run eagerly, every input row logged): an example's
+  queries are its rows up to its first adversarial one (after that it is no longer searched,
+  though a buffer may still hold it), or all its rows if it never becomes adversarial; rows
+  are told apart by their nearest clean input (the inputs are far apart, the ball small).
+  The first call (the input check of `inputs.validate`, on the clean input) and the last
+  (the success re-check) are not queries. The rows the model saw in the search steps
+  (all calls but those two, the clean and the starting ones) are at most
+  max(2 a_t, min_buffer) per step, a_t the examples still searched at step t (recounted)."""
+  fn, x, y, dist = _row_model(seed=6)
+  eps = dist["linf"] * np.linspace(1.5, 6.0, N)
+  calls = []
+
+  def logged(v):
+    try:
+      calls.append(np.asarray(v))
+    except jax.errors.TracerArrayConversionError:  # the input checks trace the model
+      pass
+    return fn(v)
+
+  num_queries, min_buffer = 60, 4
+  with jax.disable_jit():
+    r = square(logged, x, y, key=jax.random.PRNGKey(0), epsilon=eps, num_queries=num_queries,
+               min_buffer=min_buffer)
+  _check_result(fn, x, np.asarray(y), r, eps, "linf", num_queries)
+  xs = np.asarray(x).reshape(N, -1)
+  seen = [[] for _ in range(N)]  # per example: adversarial?, per row in call order
+  np.testing.assert_array_equal(calls[0], np.asarray(x))  # the input check
+  for v in calls[1:-1]:
+    flat = v.reshape(len(v), -1)
+    owner = np.abs(flat[:, None] - xs[None]).max(-1).argmin(1)
+    adv = np.asarray(jnp.argmax(fn(v), 1)) != np.asarray(y)[owner]
+    for e, a in zip(owner, adv):
+      seen[e].append(bool(a))
+  recount = np.array([s.index(True) + 1 if True in s else len(s) for s in seen])
+  q = np.asarray(r.num_forward_evals)
+  np.testing.assert_array_equal(q, recount)
+  assert q.min() < num_queries / 2 and q.max() == num_queries
+  steps = [len(v) for v in calls[3:-1]]
+  assert len(steps) == q.max() - 2
+  a = np.array([np.sum(q > t + 2) for t in range(len(steps))])
+  assert np.all(np.asarray(steps) <= np.maximum(2 * a, min_buffer)), (steps, a)
+  assert sum(steps) < N * len(steps)  # fewer than the uncompacted loop's
