@@ -3,7 +3,8 @@ r"""A CIFAR-10 CNN baseline (`invjax.nets.parseval_cnn`), plain or as a Parseval
 `invjax.train.recipes.train_cnn` with the optimiser of `config` (and, with
 `config.parseval`, `invjax.robust.parseval.parseval_retraction` chained after it); then the
 singular values of the constrained layers. Writes `metrics.jsonl`, `checkpoints/` and
-`results.json` in `--workdir`; relaunching the same command resumes.
+`results.json` and `model.json` (`invjax.train.recipes.restore_cnn` rebuilds the network) in
+`--workdir`; relaunching the same command resumes.
 
   python -m launch.train_cnn --config=launch/configs/cnn.py:smoke,parseval \
       --workdir=/tmp/cnn_smoke_parseval
@@ -40,6 +41,9 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None) -> Dic
   train_ds, test_ds = runtime.load_splits(config, data_dir)
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.items()}
   model = parseval_cnn.ParsevalCNN(num_classes=config.num_classes, **kwargs)
+  os.makedirs(workdir, exist_ok=True)
+  io.write_json(os.path.join(workdir, recipes.MODEL_FILE),
+                recipes.cnn_spec("parseval_cnn", num_classes=config.num_classes, **kwargs))
   optimizer = train.make_optimizer(**train.optimizer_kwargs(config))
   if config.parseval:
     optimizer = optax.chain(optimizer, parseval.parseval_retraction(
@@ -48,7 +52,7 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None) -> Dic
   variables, accuracy = recipes.train_cnn(
       model, train_ds, test_ds, workdir, optimizer=optimizer, augment=config.augment,
       mesh=parallel.maybe_data_mesh(config.data_parallel), progress=config.progress,
-      **train.loop_kwargs(config))  # with config.seed
+      noise_sigma=config.noise_sigma, **train.loop_kwargs(config))  # with config.seed
   singular = parseval.layer_singular_values(variables["params"])
   results = {
       "test_accuracy": float(accuracy), "parseval": bool(config.parseval),

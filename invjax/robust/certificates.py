@@ -268,6 +268,17 @@ def certify(model, variables, x: Array, y: Array, radii, *, lipschitz: Optional[
   fwd = jax.jit(lambda xb: model.apply(variables, xb + input_offset)[0])
   logits = np.concatenate([np.asarray(fwd(jnp.asarray(x[i:i + batch_size])))
                            for i in range(0, int(np.shape(x)[0]), batch_size)])
+  return certify_logits(logits, y, radii, lipschitz=lipschitz)
+
+
+def certify_logits(logits, y, radii, *, lipschitz: float) -> Certification:
+  """`certify` from precomputed logits `[N, K]` of a network whose `x -> logits` map has
+  l2 Lipschitz constant <= `lipschitz` (any certifiable model, e.g. a Parseval CNN)."""
+  logits = np.asarray(logits)
+  checks.check_rank(logits, 2, "logits")
+  checks.check_labels(y, logits.shape[0], "y")
+  checks.check_positive(lipschitz, "lipschitz")
+  radii = tuple(float(r) for r in np.atleast_1d(np.asarray(radii, np.float64)))
   y = np.asarray(y)
   margin = np.asarray(lipschitz_lib.logit_margin(logits, y))
   correct = np.argmax(logits, -1) == y

@@ -6,8 +6,9 @@ check by attack, one report.
   files = write_report(report, workdir, curves=report_curves)
 
 * "lipschitz": `invjax.robust.certificates` (deterministic: the certified constant from the
-  layers' actual operator norms, radius `margin / (sqrt(2) L)`); needs a certifiable flow
-  (`lipschitz_resnet` or `iresnet`).
+  layers' actual operator norms, radius `margin / (sqrt(2) L)`); needs a certifiable model:
+  an invertible classifier over a `lipschitz_resnet` or `iresnet` flow, or a Parseval CNN
+  (`invjax.robust.cnn_certificates`).
 * "smoothing": `invjax.robust.smoothing.certify` (Cohen et al. 2019: a radius that holds with
   probability `1 - alpha` for the smoothed classifier); any model.
 * `attack_examples > 0`: the Lipschitz certificates are checked by attack: PGD-L2
@@ -27,7 +28,9 @@ import numpy as np
 from invjax._src import checks
 from invjax._src import io
 from invjax.attacks import gradient
+from invjax.nets import parseval_cnn
 from invjax.robust import certificates
+from invjax.robust import cnn_certificates
 from invjax.robust import smoothing
 
 METHODS = ("lipschitz", "smoothing")
@@ -47,6 +50,37 @@ def _attack_check(logits_fn, x, y, radius, *, key, fraction, steps, restarts) ->
           "broken_at_3x": out["at_3x"]}
 
 
+def lipschitz_bound(model, variables, image_shape: Sequence[int]) -> Dict[str, Any]:
+  """The certified l2 constant of `x -> logits` and its parts, for a certifiable model.
+
+  An `InvertibleClassifier` over a `lipschitz_resnet` / `iresnet` flow
+  (`certificates.certified_lipschitz`) or a `ParsevalCNN`
+  (`cnn_certificates.parseval_cnn_lipschitz`); other models raise `InvjaxError` (certify
+  them with `methods=("smoothing",)`).
+  """
+  if getattr(model, "flow", None) is not None:
+    b = certificates.certified_lipschitz(model, variables)
+    return {"lipschitz": b.lipschitz, "nominal_lipschitz": b.nominal,
+            "encoder_lipschitz": b.encoder, "decoder_lipschitz": b.decoder,
+            "head_norm": b.head}
+  if isinstance(model, parseval_cnn.ParsevalCNN):
+    b = cnn_certificates.parseval_cnn_lipschitz(model, variables, image_shape)
+    return {"lipschitz": b.lipschitz, "nominal_lipschitz": b.nominal,
+            "block_lipschitz": list(b.blocks), "head_norm": b.head}
+  raise checks.InvjaxError(
+      f"no Lipschitz certificate for a {type(model).__name__}: the certifiable models are "
+      "InvertibleClassifiers over lipschitz_resnet / iresnet flows and ParsevalCNNs; use "
+      "methods=('smoothing',)")
+
+
+def logits_function(model, variables, input_offset: float = 0.0):
+  """The jitted `x -> logits` of a classifier whose `apply` returns logits or `(logits, ...)`."""
+  def logits_fn(v):
+    out = model.apply(variables, v + input_offset)
+    return out[0] if isinstance(out, tuple) else out
+  return jax.jit(logits_fn)
+
+
 def certification_report(model, variables, x, y, *, key: jax.Array, radii: Sequence[float],
                          methods: Sequence[str] = ("lipschitz",), input_offset: float = 0.0,
                          sigma: float = 0.25, num_selection: int = 100,
@@ -57,7 +91,9 @@ def certification_report(model, variables, x, y, *, key: jax.Array, radii: Seque
   """Certified accuracies of `model` on (x, y) at `radii` by each of `methods`.
 
   Args:
-    model, variables: an `InvertibleClassifier` (`model.apply(variables, v)[0]` the logits).
+    model, variables: a classifier, `model.apply(variables, v)` its logits (or a tuple
+      whose first element they are: an `InvertibleClassifier`); "lipschitz" needs a
+      certifiable one (`lipschitz_bound`).
     x: float [N, H, W, C] images in [0, 1]; the model sees `x + input_offset`; y: int [N].
     key: PRNG key (smoothing noise, the attack check).
     radii: l2 radii at which certified accuracy is reported (>= 0).
@@ -82,20 +118,19 @@ def certification_report(model, variables, x, y, *, key: jax.Array, radii: Seque
   radii = tuple(float(r) for r in radii)
   x = np.asarray(x, np.float32)
   y = np.asarray(y).astype(np.int32)
-  logits_fn = jax.jit(lambda v: model.apply(variables, v + input_offset)[0])
-  report: Dict[str, Any] = {"num_examples": int(len(x)), "radii": list(radii), "methods": {}}
+  logits_fn = logits_function(model, variables, input_offset)
+  logits = np.concatenate([np.asarray(logits_fn(x[i:i + batch_size]))
+                           for i in range(0, len(x), batch_size)])
+  report: Dict[str, Any] = {"num_examples": int(len(x)), "radii": list(radii),
+                            "clean_accuracy": float(np.mean(np.argmax(logits, -1) == y)),
+                            "methods": {}}
   curves: Dict[str, Tuple] = {}
   if "lipschitz" in methods:
     t0 = time.time()
-    bound = certificates.certified_lipschitz(model, variables)
-    cert = certificates.certify(model, variables, x, y, radii, lipschitz=bound.lipschitz,
-                                input_offset=input_offset, batch_size=batch_size)
-    entry = {"certified_accuracy": cert.certified_accuracy.tolist(),
-             "lipschitz": bound.lipschitz, "nominal_lipschitz": bound.nominal,
-             "encoder_lipschitz": bound.encoder, "decoder_lipschitz": bound.decoder,
-             "head_norm": bound.head, "median_radius": float(np.median(cert.radius)),
-             "seconds": 0.0}
-    report["clean_accuracy"] = cert.clean_accuracy
+    bound = lipschitz_bound(model, variables, x.shape[1:])
+    cert = certificates.certify_logits(logits, y, radii, lipschitz=bound["lipschitz"])
+    entry = {"certified_accuracy": cert.certified_accuracy.tolist(), **bound,
+             "median_radius": float(np.median(cert.radius)), "seconds": 0.0}
     if attack_examples:
       idx = np.where(cert.radius > 0)[0][:int(attack_examples)]
       if len(idx):
@@ -105,7 +140,7 @@ def certification_report(model, variables, x, y, *, key: jax.Array, radii: Seque
             restarts=attack_restarts)
     entry["seconds"] = time.time() - t0
     report["methods"]["lipschitz"] = entry
-    curves[f"Lipschitz (L = {bound.lipschitz:.3g})"] = (cert.radius, cert.correct)
+    curves[f"Lipschitz (L = {bound['lipschitz']:.3g})"] = (cert.radius, cert.correct)
   if "smoothing" in methods:
     t0 = time.time()
     sm = smoothing.certify(logits_fn, x, key=jax.random.fold_in(key, 2), sigma=sigma,
@@ -119,32 +154,44 @@ def certification_report(model, variables, x, y, *, key: jax.Array, radii: Seque
         "smoothed_accuracy": float(np.mean(correct)),
         "median_radius": float(np.median(sm.radius)), "seconds": time.time() - t0}
     curves[f"smoothing (sigma = {sigma:g})"] = (sm.radius, correct)
-  if "clean_accuracy" not in report:
-    logits = np.concatenate([np.asarray(logits_fn(x[i:i + batch_size]))
-                             for i in range(0, len(x), batch_size)])
-    report["clean_accuracy"] = float(np.mean(np.argmax(logits, -1) == y))
   return report, curves
 
 
+def _note(name: str, m: Mapping[str, Any]) -> str:
+  if name == "lipschitz":
+    note = f"L = {m['lipschitz']:.4g} (nominal {m['nominal_lipschitz']:.4g})"
+    chk = m.get("attack_check")
+    if chk:
+      note += (f"; PGD-L2 at {chk['fraction']:g}x radius: {chk['violations']} of "
+               f"{chk['examples']} changed, at 3x: {chk['broken_at_3x']}")
+    return note
+  return (f"sigma {m['sigma']:g}, N {m['num_samples']}, alpha {m['alpha']:g}, "
+          f"abstained {m['abstained']:.3f}")
+
+
 def markdown(report: Mapping[str, Any]) -> str:
-  """The certified-accuracy table: one row per method, one column per radius."""
+  """The certified-accuracy table: one row per method (per model), one column per radius.
+
+  `report` is a `certification_report` or `{"num_examples", "radii", "models": {name:
+  certification_report}}` (several models certified on the same images).
+  """
   radii = report["radii"]
-  lines = [f"{report['num_examples']} test images, clean accuracy "
-           f"{report['clean_accuracy']:.3f}", "",
-           "| method | " + " | ".join(f"r = {r:.3g}" for r in radii) + " | notes |",
-           "|---|" + "---|" * (len(radii) + 1)]
-  for name, m in report["methods"].items():
-    if name == "lipschitz":
-      note = f"L = {m['lipschitz']:.4g} (nominal {m['nominal_lipschitz']:.4g})"
-      chk = m.get("attack_check")
-      if chk:
-        note += (f"; PGD-L2 at {chk['fraction']:g}x radius: {chk['violations']} of "
-                 f"{chk['examples']} changed, at 3x: {chk['broken_at_3x']}")
-    else:
-      note = (f"sigma {m['sigma']:g}, N {m['num_samples']}, alpha {m['alpha']:g}, "
-              f"abstained {m['abstained']:.3f}")
-    lines.append(f"| {name} | " + " | ".join(f"{a:.3f}" for a in m["certified_accuracy"])
-                 + f" | {note} |")
+  models = report.get("models")
+  if models is None:
+    lines = [f"{report['num_examples']} test images, clean accuracy "
+             f"{report['clean_accuracy']:.3f}", ""]
+    rows = [(None, report)]
+  else:
+    lines = [f"{report['num_examples']} test images", ""]
+    rows = list(models.items())
+  head = "| model | clean | method | " if models is not None else "| method | "
+  lines += [head + " | ".join(f"r = {r:.3g}" for r in radii) + " | notes |",
+            "|---|" + "---|" * (len(radii) + (3 if models is not None else 1))]
+  for model_name, rep in rows:
+    for name, m in rep["methods"].items():
+      cells = [model_name, f"{rep['clean_accuracy']:.3f}", name] if model_name else [name]
+      cells += [f"{a:.3f}" for a in m["certified_accuracy"]] + [_note(name, m)]
+      lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 

@@ -3,7 +3,7 @@
 Each recipe initialises the model, builds the loss, runs the resumable `train_loop` in
 `workdir`, evaluates on the test split and writes `results.json` (and `model.json` for the
 invertible classifier, so that `restore_classifier(workdir)` rebuilds it without its
-config). Every option is an explicit keyword with a documented default; the launch configs
+config; `restore_cnn` does the same for a CNN whose launcher wrote its `cnn_spec`). Every option is an explicit keyword with a documented default; the launch configs
 own the values they set. `loop` keywords go to `train_loop` (num_steps, batch_size,
 log_every, ...).
 """
@@ -31,6 +31,7 @@ from invjax.flows import lipschitz_resnet
 from invjax.flows import multiscale
 from invjax.flows import registry
 from invjax.nets import cnn
+from invjax.nets import parseval_cnn
 from invjax.robust.certificates import certify as certify_classifier
 from invjax.robust import margin_training
 from invjax.train.checkpoint import restore_variables
@@ -292,6 +293,30 @@ def train_cnn(model: nn.Module, train_ds: data_lib.Dataset, test_ds: data_lib.Da
       eval_step=make_eval_step(cnn.make_metric_fn(model)), eval_dataset=test_ds, mesh=mesh,
       progress=progress, seed=seed, **loop)
   return state.variables, metrics["accuracy"]
+
+
+CNN_MODELS = {"parseval_cnn": parseval_cnn.ParsevalCNN, **cnn.TEACHERS}
+
+
+def cnn_spec(name: str, *, num_classes: int, **kwargs: Any) -> Dict[str, Any]:
+  """The JSON description of a CNN of `CNN_MODELS` (`model.json`; `restore_cnn` reads it)."""
+  if name not in CNN_MODELS:
+    raise InvjaxError(f"unknown CNN {name!r}; known: {sorted(CNN_MODELS)}")
+  kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+  return {"name": name, "num_classes": int(num_classes), "kwargs": kwargs}
+
+
+def restore_cnn(workdir: str) -> Tuple[nn.Module, Dict[str, Any], Dict[str, Any], int]:
+  """(model, variables, spec, step) of the CNN trained in `workdir` (its `model.json`)."""
+  path = os.path.join(workdir, MODEL_FILE)
+  if not os.path.isfile(path):
+    raise InvjaxError(f"{workdir} has no {MODEL_FILE} (written by launch/train_cnn.py)")
+  with open(path) as f:
+    spec = json.load(f)
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["kwargs"].items()}
+  model = CNN_MODELS[spec["name"]](num_classes=spec["num_classes"], **kwargs)
+  variables, step = restore_variables(workdir)
+  return model, variables, spec, step
 
 
 def _cnn_augment(augment: bool, noise_sigma: float):

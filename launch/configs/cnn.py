@@ -14,6 +14,8 @@ aggregation, no batch norm, orthogonal initialisation) in every variant; `parsev
 Newton-Schulz step, on every row) after the optimiser, which keeps each convolution and the
 head 1-Lipschitz and the aggregation weights on the simplex. Without `parseval` the same
 network trains unconstrained: plain and Parseval runs differ in the retraction only.
+`noise` trains on `x + 0.25 N(0, I)` (Gaussian noise augmentation, Cohen et al. 2019): the
+base classifier of randomized smoothing at sigma 0.25 (`launch/certify.py`).
 `results.json` holds the test accuracy and the largest / smallest singular value of the
 constrained matrices (`layer_singular_values`).
 
@@ -34,11 +36,12 @@ from launch.configs import parse_arg
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, smoke=False, cpu=False, parseval=False)
+  arg = parse_arg(arg, smoke=False, cpu=False, parseval=False, noise=False)
   config = ml_collections.ConfigDict(dict(
       num_train=0, num_test=0, num_classes=10, seed=0,  # num_train / num_test 0: all
       final_lr_fraction=0.0, data_parallel="auto", progress=True,
       parseval=bool(arg.parseval),
+      noise_sigma=0.25 if arg.noise else 0.0,  # Gaussian noise on training inputs
       retraction=dict(beta=0.5, row_fraction=1.0)))  # read only with parseval
   if arg.smoke:
     config.update(dict(

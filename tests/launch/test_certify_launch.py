@@ -1,4 +1,5 @@
-"""launch/certify.py on a tiny certified classifier trained by launch/train_classifier.py."""
+"""launch/certify.py on tiny models: a certified classifier trained by launch/train_classifier.py,
+and a Parseval CNN that the launcher trains itself (its `train` path)."""
 import json
 import os
 
@@ -6,9 +7,20 @@ from launch import certify
 from launch import train_classifier
 from launch.configs import certify as certify_config
 from launch.configs import classifier
+from launch.configs import cnn
 
 
-def test_certify_launch_writes_the_report(tmp_path):
+def _tiny_cnn(get_config):
+  def tiny(arg):
+    config = get_config(arg)
+    config.update(dict(num_train=64, num_test=16, num_steps=4, batch_size=16, warmup_steps=1,
+                       log_every=2, checkpoint_every=4, progress=False))
+    config.model.widths = (4, 4, 4)
+    return config
+  return tiny
+
+
+def test_certify_launch_writes_one_table_for_three_models(tmp_path, monkeypatch):
   clf = classifier.get_config("smoke,model=certified")
   clf.update(dict(num_train=128, num_test=32, num_steps=6, batch_size=16, warmup_steps=2,
                   log_every=3, checkpoint_every=6, init_batch_size=32, progress=False))
@@ -17,17 +29,28 @@ def test_certify_launch_writes_the_report(tmp_path):
   trained = train_classifier.train_and_evaluate(clf, ckpt)
   assert "certified_accuracy" in trained  # the margin loss reports its certificate
 
+  monkeypatch.setattr(certify.cnn, "get_config", _tiny_cnn(cnn.get_config))
   config = certify_config.get_config("smoke")
-  config.update(dict(checkpoint_dir=ckpt, num_examples=16, num_samples=100, num_selection=10,
-                     batch_size=100, attack_examples=4, attack_steps=5, attack_restarts=1))
+  config.models.certified.checkpoint_dir = ckpt
+  config.update(dict(num_examples=12, num_samples=60, num_selection=10, batch_size=60,
+                     attack_examples=4, attack_steps=5, attack_restarts=1))
   workdir = str(tmp_path / "cert")
+  # one tiny CNN for both CNN rows (time): trained by the launcher into <workdir>/parseval
+  config.models.noise.checkpoint_dir = os.path.join(workdir, "parseval")
   out = certify.run(config, workdir)
   assert out["files"] == ["certification.json", "certification.md", "certified_curve.png"]
+  assert os.path.isfile(os.path.join(workdir, "parseval", "model.json"))
   with open(os.path.join(workdir, "certification.json")) as f:
     saved = json.load(f)
-  assert saved["num_examples"] == 16 and saved["checkpoint_step"] == 6
-  for name in ("lipschitz", "smoothing"):
-    acc = saved["methods"][name]["certified_accuracy"]
-    assert len(acc) == len(config.radii) and all(0.0 <= a <= 1.0 for a in acc)
-  chk = saved["methods"]["lipschitz"].get("attack_check")
-  assert chk is None or chk["violations"] == 0
+  assert saved["num_examples"] == 12 and set(saved["models"]) == {"certified", "parseval", "noise"}
+  assert saved["models"]["certified"]["checkpoint_step"] == 6
+  assert saved["models"]["parseval"]["checkpoint_step"] == 4
+  assert list(saved["models"]["noise"]["methods"]) == ["smoothing"]
+  for rep in saved["models"].values():
+    for m in rep["methods"].values():
+      acc = m["certified_accuracy"]
+      assert len(acc) == len(config.radii) and all(0.0 <= a <= 1.0 for a in acc)
+    chk = rep["methods"].get("lipschitz", {}).get("attack_check")
+    assert chk is None or chk["violations"] == 0
+  table = open(os.path.join(workdir, "certification.md")).read()
+  assert table.count("| parseval |") == 2 and "| noise | " in table

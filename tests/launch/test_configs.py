@@ -27,7 +27,7 @@ VARIANTS = {
     "distill": {"": "smoke", "cpu": "smoke", "cpu,jacobian": "smoke"},
     "passeurs": {"": "smoke"},
     "cnn": {"": "smoke", "parseval": "smoke,parseval", "cpu": "smoke",
-            "cpu,parseval": "smoke,parseval"},
+            "cpu,parseval": "smoke,parseval", "noise": "smoke,noise", "cpu,noise": "smoke,noise"},
     "certify": {"": "smoke"},
     "evaluate": {"model=iresnet": "smoke", "model=irevnet": "smoke", "model=glow": "smoke",
                  "model=iresnet,norm=l2": "smoke,norm=l2"},
