@@ -3,6 +3,9 @@
 * `lipschitz`: local Lipschitz lower bounds, composed upper bounds, certified radii.
 * `certificates`: the certified l2 Lipschitz constant of an invertible classifier from its
   layers' actual operator norms, per-example certified radii, the certified-accuracy curve.
+* `detection`: likelihood-based detection of adversarial images with hybrid (flow + head)
+  models: bits/dim, ROC AUC, the adaptive attack that keeps the likelihood in range
+  (`detection_report`).
 * `invertibility`: invertibility diagnostics (Behrmann et al. 2021): reconstruction error and
   forward / inverse local Lipschitz bounds on test, adversarial and out-of-distribution inputs,
   numerically non-invertible points flagged (`invertibility_report`).
@@ -11,6 +14,7 @@
 * `smoothing`: randomized smoothing (Cohen et al. 2019), probabilistic l2 certificates.
 """
 from invjax.robust import certificates
+from invjax.robust import detection
 from invjax.robust import invertibility
 from invjax.robust import margin_training
 from invjax.robust import parseval
@@ -19,6 +23,8 @@ from invjax.robust.certificates import (Certification, LipschitzCertificate,
                                         certified_accuracy_curve, certified_lipschitz, certify,
                                         conv_norm_bound, latent_to_image_lower_bound,
                                         plot_certified_curve)
+from invjax.robust.detection import (DetectionReport, DetectionRow, adaptive_attack,
+                                     bits_per_dim, detection_report, roc_auc)
 from invjax.robust.invertibility import (InvertibilityReport, SetDiagnostics,
                                          invertibility_report, load_ood_images, pgd_examples)
 from invjax.robust.lipschitz import (certified_accuracy, certified_radius, compose_upper,
@@ -27,13 +33,14 @@ from invjax.robust.lipschitz import (certified_accuracy, certified_radius, compo
 from invjax.robust.margin_training import lipschitz_estimate, margin_logits, margin_loss
 from invjax.robust.parseval import layer_singular_values, parseval_retraction, project_simplex
 
-__all__ = ["Certification", "InvertibilityReport", "LipschitzCertificate",
-           "SetDiagnostics", "certificates", "certified_accuracy",
-           "certified_accuracy_curve", "certified_lipschitz", "certified_radius",
-           "certify", "compose_upper", "conv_norm_bound", "global_lipschitz_lower",
+__all__ = ["Certification", "DetectionReport", "DetectionRow", "InvertibilityReport",
+           "LipschitzCertificate", "SetDiagnostics", "adaptive_attack", "bits_per_dim",
+           "certificates", "certified_accuracy", "certified_accuracy_curve",
+           "certified_lipschitz", "certified_radius", "certify", "compose_upper",
+           "conv_norm_bound", "detection", "detection_report", "global_lipschitz_lower",
            "invertibility", "invertibility_report", "iresnet_upper_bounds",
            "latent_to_image_lower_bound", "layer_singular_values", "lipschitz_estimate",
            "load_ood_images", "local_lipschitz", "margin_logits", "margin_loss",
            "margin_training", "parseval", "parseval_retraction", "pgd_examples",
            "plot_certified_curve", "project_simplex", "residual_block_bounds",
-           "smoothing", "spectral_norm"]
+           "roc_auc", "smoothing", "spectral_norm"]
