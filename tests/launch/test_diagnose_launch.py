@@ -12,7 +12,7 @@ def _tiny_glow(get_config):
     config = get_config(arg)
     config.update(dict(num_train=64, num_test=16, num_steps=4, batch_size=16, warmup_steps=1,
                        log_every=2, checkpoint_every=4, init_batch_size=32, progress=False))
-    config.model.update(dict(num_steps=1, hidden=4))
+    config.model.update(dict(num_levels=1, num_steps=1, hidden=4))
     return config
   return tiny
 
