@@ -5,6 +5,8 @@
   layers' actual operator norms, per-example certified radii, the certified-accuracy curve.
 * `cnn_certificates`: the certified l2 constant of a Parseval CNN from its trained weights.
 * `evaluation`: the certification report (Lipschitz and smoothing certificates, attack check).
+* `diagnostics`: both reports in one call (`diagnostics_report`: one JSON-able dict and
+  markdown, as `launch/diagnose.py` writes them).
 * `detection`: likelihood-based detection of adversarial images with hybrid (flow + head)
   models: bits/dim, ROC AUC, the adaptive attack that keeps the likelihood in range
   (`detection_report`).
@@ -18,6 +20,7 @@
 from invjax.robust import certificates
 from invjax.robust import cnn_certificates
 from invjax.robust import detection
+from invjax.robust import diagnostics
 from invjax.robust import evaluation
 from invjax.robust import invertibility
 from invjax.robust import margin_training
@@ -30,6 +33,7 @@ from invjax.robust.certificates import (Certification, LipschitzCertificate,
 from invjax.robust.cnn_certificates import CNNLipschitzCertificate, parseval_cnn_lipschitz
 from invjax.robust.detection import (DetectionReport, DetectionRow, adaptive_attack,
                                      bits_per_dim, detection_report, roc_auc)
+from invjax.robust.diagnostics import diagnostics_report
 from invjax.robust.evaluation import certification_report
 from invjax.robust.invertibility import (InvertibilityReport, SetDiagnostics,
                                          invertibility_report, load_ood_images, pgd_examples)
@@ -44,7 +48,7 @@ __all__ = ["CNNLipschitzCertificate", "Certification", "DetectionReport", "Detec
            "bits_per_dim", "certificates", "certification_report", "certified_accuracy",
            "certified_accuracy_curve", "certified_lipschitz", "certified_radius", "certify",
            "cnn_certificates", "compose_upper", "conv_norm_bound", "detection",
-           "detection_report", "evaluation", "global_lipschitz_lower", "invertibility",
+           "detection_report", "diagnostics", "diagnostics_report", "evaluation", "global_lipschitz_lower", "invertibility",
            "invertibility_report", "iresnet_upper_bounds", "latent_to_image_lower_bound",
            "layer_singular_values", "lipschitz_estimate", "load_ood_images", "local_lipschitz",
            "margin_logits", "margin_loss", "margin_training", "parseval",

@@ -20,7 +20,9 @@ measures how well that works and how easily it is evaded:
   classifier it keeps the one with the lowest bpd.
 * `detection_report`: clean vs PGD vs latent-attack vs adaptive images at one epsilon: attack
   success, median bpd, AUC vs clean, and the fraction of images that both fool the classifier
-  and pass the detector at a threshold with `fpr` false positives on clean data.
+  and pass the detector at a threshold with `fpr` false positives on clean data. The attacks
+  run on the clean images the classifier gets right (by default): a clean error is no attack
+  success, and counting it as one inflates every attack row by the clean error rate.
 """
 from __future__ import annotations
 
@@ -193,12 +195,16 @@ def adaptive_attack(logits_fn: Callable[[Array], Array], x: Array, y: Array, *, 
 
 
 class DetectionRow(NamedTuple):
-  """One set of images: how often it fools the classifier and how the detector sees it."""
+  """One set of images: how often it fools the classifier and how the detector sees it.
+
+  The clean row has all N images; an attack row has the attacked ones (`DetectionReport.
+  attacked`: the correctly classified clean images by default).
+  """
   name: str
-  success: np.ndarray        # bool [N]: misclassified (clean: the clean errors)
-  bits_per_dim: np.ndarray   # [N]
-  auc: float                 # ROC AUC of bits/dim vs the clean images (NaN for clean)
-  evasion: np.ndarray        # bool [N]: success and bits/dim <= the detector threshold
+  success: np.ndarray        # bool [n]: misclassified (clean: the clean errors)
+  bits_per_dim: np.ndarray   # [n]
+  auc: float                 # ROC AUC of bits/dim vs all clean images (NaN for clean)
+  evasion: np.ndarray        # bool [n]: success and bits/dim <= the detector threshold
 
 
 class DetectionReport(NamedTuple):
@@ -208,6 +214,8 @@ class DetectionReport(NamedTuple):
   fpr: float
   epsilon: float
   norm: str
+  attacked: np.ndarray       # bool [N]: the clean images the attacks ran on
+  only_correct: bool         # attacked = the correctly classified ones (else all)
 
   def get(self, name: str) -> DetectionRow:
     for r in self.rows:
@@ -216,23 +224,28 @@ class DetectionReport(NamedTuple):
     raise checks.InvjaxError(f"no row {name!r}, the report has {[r.name for r in self.rows]}")
 
   def summary(self) -> Tuple[dict, ...]:
-    """Python numbers per row: success rate, median bits/dim, AUC, evasion rate."""
-    return tuple({"images": r.name, "success_rate": float(np.mean(r.success)),
+    """Python numbers per row: images, success rate, median bits/dim, AUC, evasion rate."""
+    return tuple({"images": r.name, "n": int(r.success.size),
+                  "success_rate": float(np.mean(r.success)),
                   "bpd_median": float(np.median(r.bits_per_dim)), "auc": r.auc,
                   "evasion_rate": float(np.mean(r.evasion))} for r in self.rows)
 
   def markdown(self) -> str:
     """A markdown table, one row per set of images."""
-    lines = ["| images | attack success | bits/dim median | AUC vs clean "
-             f"| fools classifier and detector ({100 * self.fpr:g}% FPR) |", "|---|---|---|---|---|"]
+    lines = ["| images | n | attack success | bits/dim median | AUC vs clean "
+             f"| fools classifier and detector ({100 * self.fpr:g}% FPR) |",
+             "|---|---|---|---|---|---|"]
     for s in self.summary():
       auc = "-" if np.isnan(s["auc"]) else f"{s['auc']:.3f}"
-      lines.append(f"| {s['images']} | {100 * s['success_rate']:.1f}% | {s['bpd_median']:.3f} | "
-                   f"{auc} | {100 * s['evasion_rate']:.1f}% |")
+      lines.append(f"| {s['images']} | {s['n']} | {100 * s['success_rate']:.1f}% | "
+                   f"{s['bpd_median']:.3f} | {auc} | {100 * s['evasion_rate']:.1f}% |")
     lines.append("")
+    attacked = ("the correctly classified clean images" if self.only_correct
+                else "all clean images (clean errors count as successes)")
     lines.append(f"{self.norm} epsilon {self.epsilon:.4g}; detector: bits/dim > "
-                 f"{self.threshold:.4f} (the clean {1 - self.fpr:g} quantile). Clean row: "
-                 "'attack success' is the clean error.")
+                 f"{self.threshold:.4f} (the clean {1 - self.fpr:g} quantile of all clean "
+                 f"images). Clean row: 'attack success' is the clean error. The attacks run on "
+                 f"{attacked}; AUC is against all clean images.")
     return "\n".join(lines)
 
 
@@ -241,7 +254,8 @@ def detection_report(model: Any, variables: Any, x: Array, y: Array, *, key: Arr
                      attacks: Sequence[str] = ATTACKS,
                      adaptive_lambdas: Sequence[float] = (1.0, 10.0),
                      latent_method: str = "jacobian", input_offset: float = 0.0,
-                     num_bins: int = 256, fpr: float = 0.05) -> DetectionReport:
+                     num_bins: int = 256, fpr: float = 0.05,
+                     only_correct: bool = True) -> DetectionReport:
   """Clean vs PGD vs latent-attack vs adaptive images, seen by the bits/dim detector.
 
   Args:
@@ -257,7 +271,10 @@ def detection_report(model: Any, variables: Any, x: Array, y: Array, *, key: Arr
     latent_method: `invjax.attacks.latent_attack`'s method.
     input_offset: the model sees `x + input_offset`.
     num_bins: quantisation levels of the images (256: 8-bit).
-    fpr: the detector's threshold is the clean `1 - fpr` quantile of bits/dim.
+    fpr: the detector's threshold is the clean `1 - fpr` quantile of bits/dim (all images).
+    only_correct: attack only the clean images the classifier gets right (attack success
+      is then the fraction of those it flips); False: attack all of them (a clean error
+      then counts as a success).
 
   Returns:
     `DetectionReport` (`.markdown()` for the table).
@@ -274,7 +291,16 @@ def detection_report(model: Any, variables: Any, x: Array, y: Array, *, key: Arr
   x, y = jnp.asarray(x), jnp.asarray(y)
   clean_bpd = np.asarray(bpd_jit(x))
   threshold = float(np.quantile(clean_bpd, 1.0 - fpr))
-  sets = [("clean", x)]
+  clean_success = np.asarray(jnp.argmax(logits_fn(x), -1) != y)
+  attacked = ~clean_success if only_correct else np.ones_like(clean_success)
+  if not np.any(attacked):
+    raise checks.InvjaxError(f"the classifier gets none of the {clean_success.size} clean "
+                             "images right: no image to attack (only_correct=True)")
+  rows = [DetectionRow("clean", clean_success, clean_bpd, float("nan"),
+                       clean_success & (np.nan_to_num(clean_bpd, nan=np.inf) <= threshold))]
+  idx = np.flatnonzero(attacked)
+  x, y = x[idx], y[idx]
+  sets = []
   if "pgd" in attacks:
     res = invertibility.pgd_examples(model, variables, x, y, key=k_pgd, epsilon=epsilon,
                                      num_steps=num_steps, norm=norm, input_offset=input_offset,
@@ -294,11 +320,10 @@ def detection_report(model: Any, variables: Any, x: Array, y: Array, *, key: Arr
                             threshold=median, lam=lam, epsilon=epsilon, num_steps=num_steps,
                             norm=norm)
       sets.append((f"adaptive (lambda {lam:g})", res.x_adv))
-  rows = []
   for name, v in sets:
     success = np.asarray(jnp.argmax(logits_fn(v), -1) != y)
-    bpd = clean_bpd if name == "clean" else np.asarray(bpd_jit(v))
-    auc = float("nan") if name == "clean" else roc_auc(clean_bpd, bpd)
+    bpd = np.asarray(bpd_jit(v))
     evasion = success & (np.nan_to_num(bpd, nan=np.inf) <= threshold)
-    rows.append(DetectionRow(name, success, bpd, auc, evasion))
-  return DetectionReport(tuple(rows), threshold, float(fpr), float(epsilon), norm)
+    rows.append(DetectionRow(name, success, bpd, roc_auc(clean_bpd, bpd), evasion))
+  return DetectionReport(tuple(rows), threshold, float(fpr), float(epsilon), norm, attacked,
+                         bool(only_correct))

@@ -29,6 +29,7 @@ VARIANTS = {
     "cnn": {"": "smoke", "parseval": "smoke,parseval", "cpu": "smoke",
             "cpu,parseval": "smoke,parseval", "noise": "smoke,noise", "cpu,noise": "smoke,noise"},
     "certify": {"": "smoke"},
+    "diagnose": {"": "smoke", "cpu": "smoke"},
     "evaluate": {"model=iresnet": "smoke", "model=irevnet": "smoke", "model=glow": "smoke",
                  "model=iresnet,norm=l2": "smoke,norm=l2"},
 }

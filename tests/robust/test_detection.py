@@ -72,14 +72,20 @@ def test_auc_matches_the_reference_on_random_scores(seed):
 
 
 def test_adaptive_attack_evades_the_detector_that_catches_pgd():
-  clf, variables, x, y = _toy(32)
+  clf, variables, x, y_true = _toy(32)
+  # 4 wrong labels: the classifier (correct on every image by construction) "errs" on those;
+  # they are clean errors, not attack successes, and are left out of the attacked set
+  wrong = np.arange(32) < 4
+  y = jnp.where(jnp.asarray(wrong), 1 - y_true, y_true)
   report = detection.detection_report(clf, variables, x, y, key=jax.random.key(0), epsilon=0.2,
                                       num_steps=10, adaptive_lambdas=(10.0,),
                                       latent_method="closed_form")
   assert [r.name for r in report.rows] == ["clean", "pgd", "latent (closed_form)",
                                            "adaptive (lambda 10)"]
   clean, pgd, lat, adaptive = report.rows
-  assert not np.any(clean.success)
+  np.testing.assert_array_equal(clean.success, wrong)
+  np.testing.assert_array_equal(report.attacked, ~wrong)
+  assert report.only_correct and [s["n"] for s in report.summary()] == [32, 28, 28, 28]
   np.testing.assert_allclose(clean.bits_per_dim, detection.bits_per_dim(clf, variables, x))
   # PGD's large (random start + sign steps) perturbations leave the density: detected
   assert np.all(pgd.success)
@@ -89,10 +95,19 @@ def test_adaptive_attack_evades_the_detector_that_catches_pgd():
   assert np.mean(adaptive.success) >= 0.9
   assert adaptive.auc < pgd.auc - 0.5
   assert np.mean(adaptive.evasion) >= 0.5
-  assert 0.0 <= lat.auc <= 1.0 and lat.bits_per_dim.shape == (32,)
+  assert 0.0 <= lat.auc <= 1.0 and lat.bits_per_dim.shape == (28,)
   for r in report.rows[1:]:
     assert float(jnp.max(jnp.abs(jnp.asarray(r.bits_per_dim)))) < np.inf
   md = report.markdown()
-  assert md.count("\n| ") == 4 and "adaptive (lambda 10)" in md
+  assert md.count("\n| ") == 4 and "adaptive (lambda 10)" in md and "| pgd | 28 |" in md
+  # attacking every image instead counts the 4 clean errors as PGD successes
+  everything = detection.detection_report(clf, variables, x, y, key=jax.random.key(0),
+                                          epsilon=0.2, num_steps=10, attacks=("pgd",),
+                                          only_correct=False)
+  assert not everything.only_correct and np.all(everything.attacked)
+  assert everything.rows[1].success.shape == (32,) and np.all(everything.rows[1].success[:4])
+  assert "clean errors count as successes" in everything.markdown()
   with pytest.raises(InvjaxError, match="unknown attacks"):
     detection.detection_report(clf, variables, x, y, key=jax.random.key(0), attacks=("fgsm",))
+  with pytest.raises(InvjaxError, match="none of the 32"):
+    detection.detection_report(clf, variables, x, 1 - y_true, key=jax.random.key(0), attacks=())
