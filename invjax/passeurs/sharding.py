@@ -5,11 +5,12 @@ cluster) every process holds all the training and test images, but computes feat
 poisoning steps for its own rows only: the `n` images are cut into the batches a single
 process would run (`ceil(n / batch_size)` batches of `min(batch_size, n)` rows, the last one
 padded by repeating its last row), and process `p` of `P` takes the contiguous batches
-`[p * nb // P, (p + 1) * nb // P)`. Each batch therefore holds exactly the rows, padding
-included, it holds in a single-process run, so the same compiled program gives the same
-bits, and `RowShard.gather` (an all-gather, `multihost_utils.process_allgather`) puts the
-rows back in their order on every process: features, poisoned images, hence the SVMs fitted
-on them and the written `.npz`, equal those of the single-process run.
+`[p * nb // P, (p + 1) * nb // P)` (`invjax.parallel.process_block`). Each batch therefore
+holds exactly the rows, padding included, it holds in a single-process run, so the same
+compiled program gives the same bits, and `RowShard.gather` (an all-gather,
+`invjax.parallel.gather_blocks`) puts the rows back in their order on every process:
+features, poisoned images, hence the SVMs fitted on them and the written `.npz`, equal those
+of the single-process run.
 
   shard = shard_rows(len(x), batch_size, across_processes=True)
   f = shard.gather(embed(extractor, shard.take(x), batch_size=batch_size))   # [n, d] everywhere
@@ -26,15 +27,8 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import numpy as np
 
+from invjax import parallel
 from invjax._src.checks import InvjaxError
-
-
-def _processes(process_index: Optional[int], process_count: Optional[int]):
-  count = jax.process_count() if process_count is None else int(process_count)
-  index = jax.process_index() if process_index is None else int(process_index)
-  if count < 1 or not 0 <= index < count:
-    raise InvjaxError(f"process index {index} out of range for {count} process(es)")
-  return index, count
 
 
 def batch_rows(n: int, batch_size: int, *, process_index: Optional[int] = None,
@@ -50,16 +44,16 @@ def batch_rows(n: int, batch_size: int, *, process_index: Optional[int] = None,
   if n < 1 or batch_size < 1:
     raise InvjaxError(f"batch_rows: need n >= 1 and batch_size >= 1, got n={n}, "
                       f"batch_size={batch_size}")
-  index, count = _processes(process_index, process_count)
+  count = jax.process_count() if process_count is None else int(process_count)
   bs = min(batch_size, n)
   num_batches = -(-n // bs)
+  block = parallel.process_block(num_batches, process_index=process_index, process_count=count)
   if num_batches < count:
     raise InvjaxError(
         f"{n} images in batches of {bs} make {num_batches} batch(es), fewer than the "
         f"{count} processes: every process needs at least one batch; use batch_size <= "
         f"{max(1, n // count)}")
-  lo, hi = index * num_batches // count, (index + 1) * num_batches // count
-  return slice(lo * bs, min(hi * bs, n))
+  return slice(block.start * bs, min(block.stop * bs, n))
 
 
 class RowShard(NamedTuple):
@@ -103,14 +97,8 @@ class RowShard(NamedTuple):
     count = jax.process_count()
     blocks = [batch_rows(self.n, self.batch_size, process_index=p, process_count=count)
               for p in range(count)]
-    longest = max(b.stop - b.start for b in blocks)
-    mine = local[:self.stop - self.start]
-    if len(mine) < longest:  # process_allgather needs the same shape on every process
-      mine = np.concatenate([mine, np.zeros((longest - len(mine),) + mine.shape[1:],
-                                            mine.dtype)])
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    stacked = np.asarray(multihost_utils.process_allgather(mine, tiled=False))
-    return np.concatenate([stacked[p, :b.stop - b.start] for p, b in enumerate(blocks)])
+    return parallel.gather_blocks(local[:self.stop - self.start],
+                                  [b.stop - b.start for b in blocks])
 
   def map(self, fn: Callable[..., Any], arrays: Sequence[Any]) -> np.ndarray:
     """`gather(fn(*[take(a) for a in arrays]))`, for an `fn` returning one array."""

@@ -66,3 +66,25 @@ def test_rows_match_direct_attack_calls(problem):
 def test_validate_refuses_bad_requests(attacks, norm, eps, match):
   with pytest.raises(InvjaxError, match=match):
     suite.validate(attacks, norm, eps)
+
+
+def test_chunks_are_the_attack_on_each_chunk_with_its_folded_key(problem):
+  model, variables, x, y = problem
+  ctx = suite.make_context(model, variables, input_offset=-0.5, options=suite.SuiteOptions())
+  key = jax.random.PRNGKey(5)
+  pgd = lambda xb, yb, k: gradient.pgd(ctx.logits_fn, xb, yb, key=k, epsilon=4 / 255,
+                                       norm="linf", num_steps=2)
+  got = suite.run_chunks(pgd, x, jnp.asarray(y), key, batch_size=10)  # chunks 10, 10, 4
+  parts = [pgd(x[s:s + 10], jnp.asarray(y[s:s + 10]), jax.random.fold_in(key, c))
+           for c, s in enumerate(range(0, 24, 10))]
+  np.testing.assert_array_equal(got.x_adv, np.concatenate([np.asarray(p.x_adv) for p in parts]))
+  np.testing.assert_array_equal(got.success, np.concatenate([p.success for p in parts]))
+  np.testing.assert_allclose(got.linf, np.concatenate([p.linf for p in parts]))
+  assert got.success.dtype == bool and got.num_grad_evals.shape == (24,)
+  assert int(got.num_grad_evals.sum()) == sum(
+      int(np.sum(np.broadcast_to(np.asarray(p.num_grad_evals), (len(p.success),))))
+      for p in parts)
+  whole = suite.run_chunks(pgd, x, jnp.asarray(y), key)  # 0: one call with the key itself
+  np.testing.assert_array_equal(np.asarray(whole.x_adv), np.asarray(pgd(x, y, key).x_adv))
+  with pytest.raises(InvjaxError, match="attack_batch_size must be >= 0"):
+    suite.run_chunks(pgd, x, y, key, batch_size=-1)
