@@ -21,7 +21,10 @@ global batch and `global_batch` assembles the global array
 (`jax.make_array_from_process_local_data`); the global batch, hence the training, is the same
 for any number of processes (1 process x 2 devices trains like 2 processes x 1 device, up to
 the summation order of the all-reduce). `shard_batch` still takes a whole batch (every process
-holding all of it) and `to_host` brings a global array back to every process.
+holding all of it) and `to_host` brings a global array back to every process. Work shared
+out by whole items on the host (passeurs' batches, an attack's chunks) uses
+`process_block` (this process's contiguous items) and `gather_blocks` (every process's rows
+back on every process, in order).
 
 On a CPU, JAX's default of one device for the whole machine leaves speed unused by the
 per-example computations of attacks: XLA:CPU's default convolution library (YNNPACK) runs
@@ -226,6 +229,47 @@ def to_host(tree: Any) -> Any:
     return np.asarray(jax.device_get(x))
 
   return jax.tree.map(get, tree)
+
+
+def process_block(num_items: int, *, process_index: Optional[int] = None,
+                  process_count: Optional[int] = None) -> slice:
+  """The contiguous items `[p * n // P, (p + 1) * n // P)` of `num_items` that process `p` of
+  `P` takes (default: this process of this run) when whole items (batches, chunks of an
+  attack) are shared out; blocks differ in size by at most one, and are empty when
+  `num_items < P`."""
+  count = jax.process_count() if process_count is None else int(process_count)
+  index = jax.process_index() if process_index is None else int(process_index)
+  if count < 1 or not 0 <= index < count:
+    raise InvjaxError(f"process index {index} out of range for {count} process(es)")
+  n = int(num_items)
+  if n < 0:
+    raise InvjaxError(f"process_block: num_items must be >= 0, got {num_items}")
+  return slice(index * n // count, (index + 1) * n // count)
+
+
+def gather_blocks(local: Any, sizes: Sequence[int]) -> np.ndarray:
+  """Every process's block of rows, concatenated in process order, on every process.
+
+  `local`: this process's rows, `[sizes[jax.process_index()], ...]`; `sizes`: the row count
+  of every process (known to all). An all-gather (`multihost_utils.process_allgather`, exact
+  copies) of the blocks padded to the longest; all processes call it. One process: `local`.
+  """
+  local = np.asarray(local)
+  sizes = [int(s) for s in sizes]
+  if len(sizes) != jax.process_count():
+    raise InvjaxError(f"gather_blocks: {len(sizes)} sizes for {jax.process_count()} processes")
+  if local.shape[:1] != (sizes[jax.process_index()],):
+    raise InvjaxError(f"gather_blocks: process {jax.process_index()} holds {local.shape[:1]} "
+                      f"rows, its size says {sizes[jax.process_index()]}")
+  if len(sizes) == 1:
+    return local
+  longest = max(max(sizes), 1)
+  if len(local) < longest:  # process_allgather needs the same shape on every process
+    local = np.concatenate([local, np.zeros((longest - len(local),) + local.shape[1:],
+                                            local.dtype)])
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  stacked = np.asarray(multihost_utils.process_allgather(local, tiled=False))
+  return np.concatenate([stacked[p, :size] for p, size in enumerate(sizes)])
 
 
 def call_sharded(fn: Callable[..., Any], *batch: Any, mesh: Optional[Mesh] = None,

@@ -12,6 +12,10 @@ in `<workdir>/classifier` (the smoke config does this in about a minute).
 
 On a CPU the attacked batch is split over one JAX device per core (`--cpu_devices=-1`, the
 default; `invjax.parallel.call_sharded`); `--cpu_devices=0` keeps JAX's single device.
+Several processes (`--coordinator_address`, `--num_processes`, `--process_id` or
+`--distributed`, `launch/runtime.py`): with `config.attack_batch_size > 0` each attacks its
+block of the chunks of that many images, the results are gathered and process 0 writes the
+tables and figures of one process with the same `attack_batch_size` (docs/multihost.md).
 
   python -m launch.attack --config=launch/configs/attack.py:smoke --workdir=/tmp/attack_smoke
 """
@@ -31,6 +35,7 @@ import numpy as np
 
 from invjax import data as data_lib
 from invjax import train
+from invjax._src import process
 from invjax.attacks import report
 from invjax.attacks import suite
 from invjax.train import recipes
@@ -79,7 +84,8 @@ def run(config, workdir: str, data_dir: str | None = None) -> Dict[str, Any]:
   result = suite.run_suite(
       model, variables, data_lib.to_float(test_ds.x[:n]), np.asarray(test_ds.y[:n]),
       attacks=config.attacks, epsilons=config.epsilons, options=options,
-      input_offset=spec["input_offset"], seed=config.seed, log=logging.info)
+      input_offset=spec["input_offset"], seed=config.seed, log=logging.info,
+      across_processes=process.is_multiprocess())
   files = report.write(result, workdir, step=step, num_images=n)
   runtime.echo(report.text(result.summary, step=step, num_images=n))
   return {"checkpoint_step": step, **result.summary, "files": files}

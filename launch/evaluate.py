@@ -11,6 +11,11 @@ rebuilt from its `model.json`, or from `config.model` / `config.head` for a run 
 when `config.train_steps > 0` and no checkpoint exists there, a classifier is first trained
 in `<workdir>/classifier` (the smoke config does this, as `launch/attack.py`'s).
 
+Several processes (`--coordinator_address`, `--num_processes`, `--process_id` or
+`--distributed`, `launch/runtime.py`): each attacks its block of every attack's batches of
+`config.attack_batch_size` points, the outcomes are gathered, and process 0 writes the same
+robustness.json as one process (docs/multihost.md).
+
   python -m launch.evaluate --config=launch/configs/evaluate.py:smoke --workdir=/tmp/eval_smoke
 """
 from __future__ import annotations
@@ -30,6 +35,7 @@ import numpy as np
 
 from invjax import data as data_lib
 from invjax._src import io
+from invjax._src import process
 from invjax.attacks.ensemble import (autoattack, markdown_table, resolve_attacks,
                                        robustness_json, schedule)
 from invjax.attacks import suite
@@ -71,7 +77,7 @@ def run(config, workdir: str, data_dir: Optional[str] = None,
     report = autoattack(
         logits_fn, x, y, key=jax.random.fold_in(key, i), epsilon=float(eps), norm=config.norm,
         version=config.version, steps=steps, attacks=attacks,
-        batch_size=config.attack_batch_size)
+        batch_size=config.attack_batch_size, across_processes=process.is_multiprocess())
     logging.info("%s eps %.4g: clean %.1f%%, robust %.1f%% (%.0f s)", config.norm, eps,
                  100 * report.clean_accuracy, 100 * report.robust_accuracy, report.seconds)
     reports.append(report)

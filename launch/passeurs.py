@@ -15,7 +15,10 @@ Writes to `--workdir`:
   cache/features_*.npy           clean features, reused by a re-run
 
   python -m launch.passeurs --config=launch/configs/passeurs.py:smoke --workdir=/tmp/passeurs_smoke
-  python -m launch.passeurs --config=launch/configs/passeurs.py:smoke --workdir=/tmp/passeurs_smoke
+
+Several processes (`--coordinator_address`, `--num_processes`, `--process_id` or
+`--distributed`, `launch/runtime.py`): each embeds and poisons its batches of the training
+images, process 0 writes the files, the same as one process's (docs/multihost.md).
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None,
 
 
 def main(argv):
-  del argv
+  runtime.start(argv)
   config = _CONFIG.value
   if _DATA_DIR.value is not None:
     config.data_dir = _DATA_DIR.value
@@ -54,7 +57,7 @@ def main(argv):
       audit_splits=config.audit_splits, steps=config.steps, methods=config.methods,
       batch_size=config.batch_size, margin=config.margin, sign_momentum=config.sign_momentum,
       rotation_delta=config.rotation_delta, progress=config.progress,
-      log=lambda s: print(s, flush=True), record=config.to_dict())
+      log=runtime.echo, record=config.to_dict())
 
 
 if __name__ == "__main__":

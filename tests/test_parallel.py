@@ -199,3 +199,27 @@ def test_global_and_local_meshes_in_one_process():
     parallel.local_data_mesh([])
   with pytest.raises(InvjaxError, match="leading batch axis"):
     parallel.global_batch({"s": np.float32(1.0)}, glob, n)
+
+
+def test_process_block_shares_whole_items_out_in_order():
+  for n, count in [(10, 3), (2, 4), (0, 2), (7, 1), (100, 7)]:
+    blocks = [parallel.process_block(n, process_index=p, process_count=count)
+              for p in range(count)]
+    np.testing.assert_array_equal(np.concatenate([np.arange(n)[b] for b in blocks]),
+                                  np.arange(n))  # every item once, in process order
+    sizes = [b.stop - b.start for b in blocks]
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == n
+  assert parallel.process_block(5) == slice(0, 5)  # one process: everything
+  with pytest.raises(InvjaxError, match="process index 3 out of range for 3"):
+    parallel.process_block(5, process_index=3, process_count=3)
+  with pytest.raises(InvjaxError, match="num_items must be >= 0"):
+    parallel.process_block(-1)
+
+
+def test_gather_blocks_in_one_process_and_its_errors():
+  rows = np.arange(6.0).reshape(3, 2)
+  np.testing.assert_array_equal(parallel.gather_blocks(rows, [3]), rows)
+  with pytest.raises(InvjaxError, match="2 sizes for 1 processes"):
+    parallel.gather_blocks(rows, [3, 0])
+  with pytest.raises(InvjaxError, match="holds \\(3,\\) rows, its size says 2"):
+    parallel.gather_blocks(rows, [2])

@@ -25,7 +25,9 @@ model and an `InvjaxError` is raised if any fails (a randomised model fails it: 
 deterministic with `invjax.attacks.eot.expectation_logits`).
 The attacks come from `invjax.attacks.autopgd` (`apgd`, `apgd_targeted`), `invjax.attacks.fab_attack`
 (`fab`) and `invjax.attacks.square_attack` (`square`), imported when first needed; `attacks=` maps
-any of those four names to a callable with the same signature instead.
+any of those four names to a callable with the same signature instead. With
+`across_processes=True` (a multi-process run) each process attacks its block of every attack's
+chunks and the outcomes are gathered: the report is the single-process one on every process.
 
 Sanity flags (as the reference's `checks.py`), each issued as an `AutoAttackWarning` and
 recorded in `report.flags` (name -> message), never silently:
@@ -50,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from invjax import parallel
 from invjax._src import checks
 from invjax._src.geometry import NORMS
 from invjax.attacks import inputs
@@ -228,11 +231,57 @@ def _sanity_checks(logits_fn, x, y, correct, num_classes, steps, batch_size, fla
   return tuple(out)
 
 
+def _attack_chunk(attack, step: Step, logits_fn, x, y, *, key, epsilon, norm, batch_size):
+  """One attack on one chunk: (confirmed bool [n], its outputs [n, ...], counts int64 [4]:
+  gradient and forward evaluations, unconfirmed successes, minimal-norm successes beyond
+  epsilon)."""
+  result = attack(logits_fn, jnp.asarray(x), jnp.asarray(y), key=key, epsilon=epsilon,
+                  norm=norm, **step.kwargs)
+  cand = np.asarray(result.x_adv)
+  mis, ok = confirm(logits_fn, x, cand, y, epsilon=epsilon, norm=norm, batch_size=batch_size)
+  reported = np.asarray(result.success, bool)
+  flat = cand.reshape(len(x), -1)
+  in_box = np.all(np.isfinite(flat) & (flat >= 0.0) & (flat <= 1.0), axis=1)
+  outside = 0
+  if step.minimal_norm:  # a success beyond epsilon is a minimal-norm attack's normal answer
+    beyond = reported & mis & ~ok & in_box
+    outside = int(np.sum(beyond))
+    unconfirmed = int(np.sum(reported & ~(mis & ok) & ~beyond))
+  else:
+    unconfirmed = int(np.sum(reported & ~(mis & ok)))
+  per_point = lambda v: int(np.sum(np.broadcast_to(np.asarray(v), (len(x),))))
+  counts = np.asarray([per_point(result.num_grad_evals), per_point(result.num_forward_evals),
+                       unconfirmed, outside], np.int64)
+  return mis & ok, cand.astype(np.float32), counts
+
+
+def _run_chunks(attack_chunk, chunks, image_shape, across_processes: bool):
+  """`attack_chunk(c, chunk)` for every chunk, in order; across processes, each process its
+  contiguous block of chunks (`parallel.process_block`), the outcomes all-gathered."""
+  if not across_processes or jax.process_count() == 1:
+    return [attack_chunk(c, chunk) for c, chunk in enumerate(chunks)]
+  count, sizes = jax.process_count(), [len(chunk) for chunk in chunks]
+  blocks = [parallel.process_block(len(chunks), process_index=p, process_count=count)
+            for p in range(count)]
+  mine = [attack_chunk(c, chunks[c]) for c in range(blocks[jax.process_index()].start,
+                                                    blocks[jax.process_index()].stop)]
+  rows = [sum(sizes[b]) for b in blocks]
+  cat = lambda parts, shape, dtype: (np.concatenate(parts) if parts
+                                     else np.zeros((0,) + shape, dtype))
+  won = parallel.gather_blocks(cat([m[0].astype(np.uint8) for m in mine], (), np.uint8), rows)
+  cand = parallel.gather_blocks(cat([m[1] for m in mine], tuple(image_shape), np.float32), rows)
+  counts = parallel.gather_blocks(cat([m[2][None] for m in mine], (4,), np.int64),
+                                  [b.stop - b.start for b in blocks])
+  ends = np.cumsum(sizes)[:-1]
+  return list(zip([w.astype(bool) for w in np.split(won, ends)], np.split(cand, ends), counts))
+
+
 def autoattack(logits_fn: LogitsFn, x, y, *, key: jax.Array, epsilon: float,
                norm: str = "linf", version: str = "standard",
                attacks: Optional[Mapping[str, Callable]] = None,
                steps: Optional[Sequence[Step]] = None,
-               batch_size: Optional[int] = None) -> AutoAttackReport:
+               batch_size: Optional[int] = None,
+               across_processes: bool = False) -> AutoAttackReport:
   """AutoAttack's worst case over its attacks at one budget (see the module docstring).
 
   Args:
@@ -246,6 +295,11 @@ def autoattack(logits_fn: LogitsFn, x, y, *, key: jax.Array, epsilon: float,
     attacks: registry name -> attack callable, replacing the imported ones.
     steps: the attacks to run in order (`schedule(...)`); default `schedule(version, norm)`.
     batch_size: attack (and evaluate) at most this many points at once (None: all).
+    across_processes: in a multi-process run (`jax.distributed`), each process attacks its
+      contiguous block of each attack's chunks (of `batch_size` points, with the keys of a
+      single-process run) and the outcomes are all-gathered: every process, called with the
+      same arguments, returns the single-process report (times aside). The clean
+      predictions and the sanity checks run on every process.
 
   Returns:
     `AutoAttackReport`.
@@ -280,32 +334,21 @@ def autoattack(logits_fn: LogitsFn, x, y, *, key: jax.Array, epsilon: float,
     idx = np.flatnonzero(robust)
     t0 = time.time()
     broken = grads = forwards = unconfirmed = outside = 0
-    for c, chunk in enumerate(_chunks(idx, batch_size)):
-      result = registry[step.attack](
-          logits_fn, jnp.asarray(x[chunk]), jnp.asarray(y[chunk]),
-          key=jax.random.fold_in(jax.random.fold_in(key, s), c), epsilon=epsilon, norm=norm,
-          **step.kwargs)
-      cand = np.asarray(result.x_adv)
-      mis, ok = confirm(logits_fn, x[chunk], cand, y[chunk], epsilon=epsilon, norm=norm,
-                        batch_size=batch_size)
-      reported = np.asarray(result.success, bool)
-      flat = cand.reshape(len(chunk), -1)
-      in_box = np.all(np.isfinite(flat) & (flat >= 0.0) & (flat <= 1.0), axis=1)
-      if step.minimal_norm:  # a success beyond epsilon is a minimal-norm attack's normal answer
-        beyond = reported & mis & ~ok & in_box
-        outside += int(np.sum(beyond))
-        unconfirmed += int(np.sum(reported & ~(mis & ok) & ~beyond))
-      else:
-        unconfirmed += int(np.sum(reported & ~(mis & ok)))
-      won = chunk[mis & ok]
-      x_adv[won] = cand[mis & ok]
+    attack_chunk = lambda c, chunk, s=s, step=step: _attack_chunk(
+        registry[step.attack], step, logits_fn, x[chunk], y[chunk],
+        key=jax.random.fold_in(jax.random.fold_in(key, s), c), epsilon=epsilon, norm=norm,
+        batch_size=batch_size)
+    chunks = _chunks(idx, batch_size)
+    for chunk, (won_mask, cand, counts) in zip(chunks, _run_chunks(
+        attack_chunk, chunks, x.shape[1:], across_processes)):
+      won = chunk[won_mask]
+      x_adv[won] = cand[won_mask]
       robust[won] = False
       for i in won:
         broken_by[i] = step.name
       broken += len(won)
-      grads += int(np.sum(np.broadcast_to(np.asarray(result.num_grad_evals), (len(chunk),))))
-      forwards += int(np.sum(np.broadcast_to(np.asarray(result.num_forward_evals),
-                                             (len(chunk),))))
+      grads, forwards = grads + int(counts[0]), forwards + int(counts[1])
+      unconfirmed, outside = unconfirmed + int(counts[2]), outside + int(counts[3])
     stats.append(AttackStats(step.name, int(idx.size), broken, float(np.mean(robust)) if n else 0.,
                              grads, forwards, time.time() - t0, unconfirmed, outside))
     if unconfirmed:

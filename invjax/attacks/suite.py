@@ -8,7 +8,11 @@ epsilon; minimal-distance attacks (cw and the latent attacks) run once, and thei
 epsilon is `success and distance <= epsilon` (the usual robustness curve).
 
 The batch is split over the local devices (`invjax.parallel.call_sharded`); results are the
-same up to float rounding.
+same up to float rounding. With `SuiteOptions.attack_batch_size > 0` every attack runs on
+chunks of that many points (chunk c with the key `fold_in(key, c)`), and with
+`across_processes=True` (a multi-process run) each process attacks its contiguous block of
+the chunks (`parallel.process_block`) and the per-example results are all-gathered
+(`parallel.gather_blocks`): every process gets the single-process results of the same chunks.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from invjax.attacks import cw
 from invjax.attacks import gradient
 from invjax.attacks import invariance
 from invjax.attacks import latent
+from invjax.attacks.result import AttackResult
 
 
 class SuiteOptions(NamedTuple):
@@ -36,6 +41,7 @@ class SuiteOptions(NamedTuple):
   latent_iters: int = 3
   latent_candidates: int = 3  # classes per Jacobian-aware step (0: all)
   latent_opt_steps: int = 20
+  attack_batch_size: int = 0  # > 0: attack chunks of this many points (0: all at once)
 
   @classmethod
   def from_config(cls, config: Any) -> "SuiteOptions":
@@ -111,14 +117,61 @@ def _timed(fn):
   return out, time.perf_counter() - t0
 
 
-def run_attack(name: str, ctx: Context, x, y, epsilons: Sequence[float], key
-               ) -> Tuple[Dict[str, Any], Any]:
-  """Success rate per epsilon and summary numbers of one attack; returns (row, a result)."""
+_PER_EXAMPLE = (("x_adv", np.float32), ("success", np.uint8), ("linf", np.float32),
+                ("l2", np.float32))
+_COUNTS = ("num_grad_evals", "num_forward_evals", "num_inverse_evals")
+
+
+def _host_rows(res, m: int, image_shape) -> Dict[str, np.ndarray]:
+  """An `AttackResult` of m points as numpy rows (counts broadcast to [m]); None: no rows."""
+  if res is None:
+    out = {k: np.zeros((0,) + (tuple(image_shape) if k == "x_adv" else ()), t)
+           for k, t in _PER_EXAMPLE}
+    return dict(out, **{k: np.zeros((0,), np.int64) for k in _COUNTS})
+  out = {k: np.asarray(getattr(res, k)).astype(t) for k, t in _PER_EXAMPLE}
+  return dict(out, **{k: np.broadcast_to(np.asarray(getattr(res, k)), (m,)).astype(np.int64)
+                      for k in _COUNTS})
+
+
+def run_chunks(fn: Callable[[Any, Any, jax.Array], Any], x, y, key: jax.Array, *,
+               batch_size: int = 0, across_processes: bool = False):
+  """`fn(x, y, key) -> AttackResult` on all points at once (`batch_size` 0: the result as it
+  is), or on chunks of `batch_size` points, chunk c with the key `fold_in(key, c)`, returned as
+  numpy rows (evaluation counts per point); with `across_processes`, in a multi-process run,
+  each process computes its block of the chunks and the rows are all-gathered."""
+  n, bs = len(x), int(batch_size)
+  if bs < 0:
+    raise InvjaxError(f"attack_batch_size must be >= 0, got {batch_size}")
+  if not bs:
+    return fn(x, y, key)
+  num_chunks = -(-n // bs)
+  count = jax.process_count() if across_processes else 1
+  blocks = [parallel.process_block(num_chunks, process_index=p, process_count=count)
+            for p in range(count)]
+  mine = blocks[jax.process_index() if count > 1 else 0]
+  parts = [_host_rows(fn(x[c * bs:(c + 1) * bs], y[c * bs:(c + 1) * bs],
+                         jax.random.fold_in(key, c)), len(x[c * bs:(c + 1) * bs]), x.shape[1:])
+           for c in range(mine.start, mine.stop)] or [_host_rows(None, 0, x.shape[1:])]
+  rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  if count > 1:
+    sizes = [min(b.stop * bs, n) - min(b.start * bs, n) for b in blocks]
+    rows = {k: parallel.gather_blocks(v, sizes) for k, v in rows.items()}
+  rows["success"] = rows["success"].astype(bool)
+  return AttackResult(**rows)
+
+
+def run_attack(name: str, ctx: Context, x, y, epsilons: Sequence[float], key, *,
+               across_processes: bool = False) -> Tuple[Dict[str, Any], Any]:
+  """Success rate per epsilon and summary numbers of one attack; returns (row, a result).
+
+  `across_processes`: see `run_chunks` (with `ctx.options.attack_batch_size > 0`)."""
   attack, budgeted = ATTACKS[name]
   norm = ctx.options.norm
 
-  def runner(eps):  # the batch split over the local devices (if several)
-    return parallel.call_sharded(lambda xb, yb: attack(ctx, xb, yb, eps, key), x, y)
+  def runner(eps):  # the batch (or each chunk) split over the local devices (if several)
+    return run_chunks(
+        lambda xb, yb, k: parallel.call_sharded(lambda a, b: attack(ctx, a, b, eps, k), xb, yb),
+        x, y, key, batch_size=ctx.options.attack_batch_size, across_processes=across_processes)
 
   row: Dict[str, Any] = {"attack": name, "success": {}}
   if budgeted:
@@ -172,7 +225,8 @@ class SuiteResult(NamedTuple):
 def run_suite(model, variables, x_all, y_all, *, attacks: Sequence[str],
               epsilons: Sequence[float], options: SuiteOptions = SuiteOptions(),
               input_offset: float = 0.0, seed: int = 0,
-              log: Optional[Callable[[str], None]] = None) -> SuiteResult:
+              log: Optional[Callable[[str], None]] = None,
+              across_processes: bool = False) -> SuiteResult:
   """Attacks the correctly classified images among `x_all` with every named attack.
 
   Args:
@@ -184,6 +238,10 @@ def run_suite(model, variables, x_all, y_all, *, attacks: Sequence[str],
     input_offset: the model sees `x + input_offset`.
     seed: the attacks' PRNG seed.
     log: called with one line per finished attack.
+    across_processes: in a multi-process run, each process attacks its block of the chunks of
+      `options.attack_batch_size` points (`run_chunks`; with 0, every process attacks all);
+      every process, called with the same arguments, returns the same result. The clean
+      predictions and the invariance attack run whole on every process.
 
   Returns:
     `SuiteResult`: summary {clean_accuracy, num_attacked, norm, epsilons, attacks: rows,
@@ -205,7 +263,7 @@ def run_suite(model, variables, x_all, y_all, *, attacks: Sequence[str],
   for name in attacks:
     if name in EXTRA:
       continue
-    row, res = run_attack(name, ctx, x, y, epsilons, key)
+    row, res = run_attack(name, ctx, x, y, epsilons, key, across_processes=across_processes)
     if log:
       log(f"{name}: {row}")
     rows.append(row)

@@ -11,7 +11,10 @@ Modules:
     launch job (`run_and_write`).
   `report`: the results table, plots and written files.
   `audit`: the buyer's statistics revealing a training set tuned to the public test half.
+  `sharding`: the same work over several processes (`jax.distributed`): each process its
+    batches of the images, the results gathered, process 0's SVMs broadcast.
 """
+from invjax.passeurs import sharding
 from invjax.passeurs.svm import SVMInfo, SVMParams, decision_function, fit, predict
 
-__all__ = ["SVMInfo", "SVMParams", "decision_function", "fit", "predict"]
+__all__ = ["SVMInfo", "SVMParams", "decision_function", "fit", "predict", "sharding"]

@@ -13,6 +13,13 @@ features, re-embedding and re-fitting after every step; it returns the results t
 acc, private acc, L_inf in grey levels, mean |delta|, seconds). `audit_result` runs the buyer's
 audit on its clean and most poisoned training sets; `run_and_write` is the launch job (data,
 extractor, experiment, audit, and the files of `invjax.passeurs.report`).
+
+Across processes (`across_processes=True`, the default of `run_and_write` in a multi-process
+run): every process loads all the images, embeds and poisons its own batches of them
+(`invjax.passeurs.sharding`), and the features and poisoned images are gathered on every
+process; every process fits the SVMs on the gathered features and takes process 0's
+(`sharding.broadcast`), so all take the same poisoning gradient. The results, the poisoned
+`.npz` (process 0 writes every file) and the audit equal those of a single process.
 """
 from __future__ import annotations
 
@@ -25,12 +32,14 @@ import jax
 import numpy as np
 
 from invjax import data as data_lib
+from invjax._src import process
 from invjax._src.checks import InvjaxError
 from invjax.data.dataset import Dataset
 from invjax.passeurs import audit as audit_lib
 from invjax.passeurs import features as features_lib
 from invjax.passeurs import poison
 from invjax.passeurs import report
+from invjax.passeurs import sharding
 from invjax.passeurs import svm
 
 PUBLIC_BOUNDARY = 5000
@@ -114,17 +123,22 @@ def _parse_methods(methods: Union[str, Sequence[str]]) -> Tuple[str, ...]:
 
 
 def _poison_step(method, extractor, x, train, target, velocity, *, margin, momentum, batch_size,
-                 progress):
-  """One step of `method` from the current images `x`; returns (x, velocity)."""
+                 progress, shard):
+  """One step of `method` from the current images `x` (all rows) on this process's rows
+  (`shard`), gathered; returns (x, velocity), the velocity of this process's rows only."""
+  x_local = shard.take(x)
   if method == "rotation":
-    return poison.rotation_step(extractor.apply, extractor.params, x, target,
-                                batch_size=batch_size, progress=progress), None
+    out = poison.rotation_step(extractor.apply, extractor.params, x_local, shard.take(target),
+                               batch_size=batch_size, progress=progress)
+    return shard.gather(out), None
   if momentum:
-    return poison.sign_step_momentum(extractor.apply, extractor.params, x, train.y, target,
-                                     velocity, momentum=momentum, margin=margin,
-                                     batch_size=batch_size, progress=progress)
-  return poison.sign_step(extractor.apply, extractor.params, x, train.y, target, margin=margin,
-                          batch_size=batch_size, progress=progress), None
+    out, velocity = poison.sign_step_momentum(
+        extractor.apply, extractor.params, x_local, shard.take(train.y), target, velocity,
+        momentum=momentum, margin=margin, batch_size=batch_size, progress=progress)
+    return shard.gather(out), velocity
+  out = poison.sign_step(extractor.apply, extractor.params, x_local, shard.take(train.y),
+                         target, margin=margin, batch_size=batch_size, progress=progress)
+  return shard.gather(out), None
 
 
 def run_experiment(*, extractor: features_lib.Extractor, train: Dataset, test: Dataset,
@@ -134,7 +148,8 @@ def run_experiment(*, extractor: features_lib.Extractor, train: Dataset, test: D
                    rotation_delta: float = 0.5, public_boundary: int = PUBLIC_BOUNDARY,
                    cache: Optional[features_lib.FeatureCache] = None, progress: bool = True,
                    log: Callable[[str], None] = print,
-                   record: Optional[Mapping[str, Any]] = None) -> ExperimentResult:
+                   record: Optional[Mapping[str, Any]] = None,
+                   across_processes: bool = False) -> ExperimentResult:
   """Clean pipeline, then `steps` poisoning steps per method; see the module docstring.
 
   Args:
@@ -152,6 +167,10 @@ def run_experiment(*, extractor: features_lib.Extractor, train: Dataset, test: D
     progress: tqdm progress bars.
     log: called with one line per finished row.
     record: settings stored as `result.config` (default: this call's keyword settings).
+    across_processes: in a multi-process run, each process embeds and poisons its batches of
+      the images and the SVMs are process 0's (module docstring); every process calls
+      `run_experiment` with the same arguments and gets the same result. Progress bars on
+      process 0 only.
 
   Returns:
     `ExperimentResult`.
@@ -172,10 +191,18 @@ def run_experiment(*, extractor: features_lib.Extractor, train: Dataset, test: D
   public = split_mask(test, int(public_boundary))
   cache = cache or features_lib.FeatureCache()
   bs = int(batch_size)
+  across = bool(across_processes) and process.is_multiprocess()
+  progress = progress and process.is_main_process()
+  shard = sharding.shard_rows(len(train), bs, across_processes=across)
+  if across:
+    sharding.shard_rows(len(test), bs, across_processes=True)  # fails early: too few batches
+    buyer_fit = fit_fn
+    fit_fn = lambda f, y: sharding.broadcast(buyer_fit(f, y))
+  embed_kw = dict(batch_size=bs, progress=progress, across_processes=across)
 
   t0 = time.time()
-  f_train = cache.get(extractor, train.x, batch_size=bs, progress=progress, desc="embed train")
-  f_test = cache.get(extractor, test.x, batch_size=bs, progress=progress, desc="embed test")
+  f_train = cache.get(extractor, train.x, desc="embed train", **embed_kw)
+  f_test = cache.get(extractor, test.x, desc="embed test", **embed_kw)
   svms = {"target": fit_fn(f_test[public], test.y[public]), "clean": fit_fn(f_train, train.y)}
   feats = {"train": f_train, "test": f_test}
   rows = []
@@ -209,11 +236,11 @@ def run_experiment(*, extractor: features_lib.Extractor, train: Dataset, test: D
     for k in range(1, steps + 1):
       t1 = time.time()
       x, velocity = _poison_step(method, extractor, x, train, target, velocity, margin=margin,
-                                 momentum=momentum, batch_size=bs, progress=progress)
+                                 momentum=momentum, batch_size=bs, progress=progress,
+                                 shard=shard)
       if poison.linf(x, train.x) > k:
         raise InvjaxError(f"{method} step {k}: L_inf {poison.linf(x, train.x)} > {k} grey levels")
-      f = features_lib.embed(extractor, x, batch_size=bs, progress=progress,
-                             desc=f"embed {method} k={k}")
+      f = features_lib.embed(extractor, x, desc=f"embed {method} k={k}", **embed_kw)
       poisoned[method][k] = Dataset(x, train.y, train.index)
       evaluate(method, k, x, f, time.time() - t1)
   return ExperimentResult(rows=rows, poisoned=poisoned, train=train, test=test, public=public,
@@ -247,7 +274,7 @@ def run_and_write(workdir: str, *, dataset: str, data_dir: Optional[str], train_
                   seed: int, svm_backend: str, svm_C: float, svm_tol: Optional[float],
                   audit: bool, audit_splits: int, progress: bool = True,
                   log: Callable[[str], None] = print, record: Optional[Mapping[str, Any]] = None,
-                  **options) -> Dict[str, str]:
+                  across_processes: Optional[bool] = None, **options) -> Dict[str, str]:
   """The launch job: data, extractor and SVM by name, `run_experiment`, the audit, the files.
 
   Every setting is explicit (the config file owns the values, `launch/configs/passeurs.py`):
@@ -256,11 +283,18 @@ def run_and_write(workdir: str, *, dataset: str, data_dir: Optional[str], train_
   public_boundary and `options` (steps, methods, batch_size, margin, sign_momentum,
   rotation_delta) as in `run_experiment`; audit: run `audit_result` (key `PRNGKey(seed)`,
   `audit_splits` random splits). Clean features are cached under `workdir/cache`.
+  across_processes: as in `run_experiment`; None: whether this is a multi-process run. Every
+  process runs it (and the audit, the same on each); files and `log` lines come from process
+  0 only.
 
   Returns:
     artefact name -> path (`report.write_artifacts`, plus "audit" for audit.md).
   """
   t0 = time.time()
+  if across_processes is None:
+    across_processes = process.is_multiprocess()
+  if not process.is_main_process():
+    log = lambda line: None
   os.makedirs(workdir, exist_ok=True)
   train, test = load_data(dataset, data_dir=data_dir, train_limit=train_limit,
                           test_limit=test_limit, public_boundary=public_boundary)
@@ -269,7 +303,7 @@ def run_and_write(workdir: str, *, dataset: str, data_dir: Optional[str], train_
       extractor=features_lib.make_extractor(extractor, resolution=resolution, seed=seed),
       train=train, test=test, fit_fn=fit_fn, public_boundary=public_boundary,
       cache=features_lib.FeatureCache(os.path.join(workdir, "cache")), progress=progress,
-      log=log, record=record, **options)
+      log=log, record=record, across_processes=across_processes, **options)
   paths = report.write_artifacts(result, workdir)
   log(report.results_markdown(result.rows))
   if audit:

@@ -6,9 +6,11 @@ gradient): EfficientNet-Lite0 with ImageNet weights (`efficientnet_extractor`, t
 buyer evaluates), or untrained random convolutions (`random_conv_extractor`, a cheap baseline and
 the stand-in of the tests). `make_extractor(name, ...)` builds one by name (`EXTRACTORS`).
 
-`embed` computes the features of uint8 images batch by batch under one jitted program;
-`FeatureCache` keeps the clean features in memory and on disk, keyed by the extractor's name and
-the images' content (`fingerprint`), so a re-run reloads them.
+`embed` computes the features of uint8 images batch by batch under one jitted program (with
+`across_processes=True`, in a multi-process run, each process its own batches, the features
+then gathered on every process: `invjax.passeurs.sharding`); `FeatureCache` keeps the clean
+features in memory and on disk, keyed by the extractor's name and the images' content
+(`fingerprint`), so a re-run reloads them.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from invjax._src import conv
 from invjax._src import io
 from invjax._src.checks import InvjaxError
 from invjax.passeurs import poison
+from invjax.passeurs import sharding
 
 
 class Extractor(NamedTuple):
@@ -109,13 +112,23 @@ def _embed_batch(apply, params, x_uint8):
 
 
 def embed(extractor: Extractor, x_uint8: np.ndarray, *, batch_size: int = 256,
-          progress: bool = False, desc: str = "embed") -> np.ndarray:
-  """Features of uint8 images [N, H, W, C] -> float32 [N, d], batched and jitted."""
+          progress: bool = False, desc: str = "embed",
+          across_processes: bool = False) -> np.ndarray:
+  """Features of uint8 images [N, H, W, C] -> float32 [N, d], batched and jitted.
+
+  `across_processes`: in a multi-process run, each process embeds its own batches
+  (`sharding.shard_rows`) and every process gets all N features, equal to a single
+  process's; every process must call it with the same images.
+  """
   x_uint8 = np.asarray(x_uint8)
   if x_uint8.dtype != np.uint8 or x_uint8.ndim != 4:
     raise InvjaxError(f"images must be uint8 [N, H, W, C], got {x_uint8.dtype} {x_uint8.shape}")
+  if not len(x_uint8):
+    raise InvjaxError("embed: no images")
   fn = lambda xb: _embed_batch(extractor.apply, extractor.params, xb)
-  f = poison.batched_apply(fn, [x_uint8], batch_size, desc=desc, progress=progress)
+  shard = sharding.shard_rows(len(x_uint8), batch_size, across_processes=across_processes)
+  f = shard.map(lambda x: poison.batched_apply(fn, [x], batch_size, desc=desc,
+                                               progress=progress), [x_uint8])
   chex.assert_rank(f, 2)
   return np.asarray(f, np.float32)
 
@@ -142,16 +155,25 @@ class FeatureCache:
     return None if not self.directory else os.path.join(self.directory, f"features_{key}.npy")
 
   def get(self, extractor: Extractor, x_uint8: np.ndarray, *, batch_size: int = 256,
-          progress: bool = False, desc: str = "embed") -> np.ndarray:
-    """The features of `x_uint8` under `extractor`: from memory, from disk, or `embed`ded."""
+          progress: bool = False, desc: str = "embed",
+          across_processes: bool = False) -> np.ndarray:
+    """The features of `x_uint8` under `extractor`: from memory, from disk, or `embed`ded.
+
+    `across_processes`: as in `embed`; the file is read only when every process sees it
+    (the processes decide together), and written by process 0.
+    """
     key = f"{extractor.name}_{fingerprint(x_uint8)}"
     if key in self._mem:
       return self._mem[key]
     path = self.path(key)
-    if path and os.path.isfile(path):
+    found = bool(path) and os.path.isfile(path)
+    if across_processes and path:
+      found = sharding.all_agree(found)
+    if found:
       f = np.load(path)
     else:
-      f = embed(extractor, x_uint8, batch_size=batch_size, progress=progress, desc=desc)
+      f = embed(extractor, x_uint8, batch_size=batch_size, progress=progress, desc=desc,
+                across_processes=across_processes)
       if path:
         os.makedirs(self.directory, exist_ok=True)
         io.save_npy(path, f)

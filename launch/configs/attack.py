@@ -37,6 +37,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       latent_candidates=3,  # top-3 classes per Jacobian-aware step (0: all)
       input_offset=-0.5,  # the model sees x - 0.5, as in launch/train_classifier.py
       checkpoint_dir="",  # "": <workdir>/classifier, trained there if missing (smoke)
+      # > 0: attack chunks of this many images (chunk c: key fold_in(seed key, c)), shared out
+      # between the processes of a multi-process run; 0: all at once
+      attack_batch_size=0,
       # the smoke classifier's training: cross-entropy, constant-rate Adam, no augmentation
       batch_size=64, learning_rate=1e-3, grad_clip=10.0, schedule="constant", nll_weight=0.0))
   if arg.smoke:

@@ -66,3 +66,56 @@ def test_rows_match_direct_attack_calls(problem):
 def test_validate_refuses_bad_requests(attacks, norm, eps, match):
   with pytest.raises(InvjaxError, match=match):
     suite.validate(attacks, norm, eps)
+
+
+def test_chunks_are_the_attack_on_each_chunk_with_its_folded_key(problem):
+  model, variables, x, y = problem
+  ctx = suite.make_context(model, variables, input_offset=-0.5, options=suite.SuiteOptions())
+  key = jax.random.PRNGKey(5)
+  pgd = lambda xb, yb, k: gradient.pgd(ctx.logits_fn, xb, yb, key=k, epsilon=4 / 255,
+                                       norm="linf", num_steps=2)
+  got = suite.run_chunks(pgd, x, jnp.asarray(y), key, batch_size=8)  # 3 chunks of 8
+  parts = [pgd(x[s:s + 8], jnp.asarray(y[s:s + 8]), jax.random.fold_in(key, c))
+           for c, s in enumerate(range(0, 24, 8))]
+  np.testing.assert_array_equal(got.x_adv, np.concatenate([np.asarray(p.x_adv) for p in parts]))
+  np.testing.assert_array_equal(got.success, np.concatenate([p.success for p in parts]))
+  np.testing.assert_allclose(got.linf, np.concatenate([p.linf for p in parts]))
+  assert got.success.dtype == bool and got.num_grad_evals.shape == (24,)
+  assert int(got.num_grad_evals.sum()) == sum(
+      int(np.sum(np.broadcast_to(np.asarray(p.num_grad_evals), (len(p.success),))))
+      for p in parts)
+  # 0: one call on all points with the key itself, its result as it is
+  assert suite.run_chunks(lambda a, b, k: (len(a), k), x, y, key) == (24, key)
+  with pytest.raises(InvjaxError, match="attack_batch_size must be >= 0"):
+    suite.run_chunks(pgd, x, y, key, batch_size=-1)
+
+
+def test_chunks_shared_out_between_processes_are_the_single_process_rows(problem, monkeypatch):
+  """The block of chunks each of 2 processes computes, and the sizes it gathers them with
+  (the all-gather itself is simulated; tests/launch/test_evaluate_multiprocess.py runs one)."""
+  model, variables, x, y = problem
+  ctx = suite.make_context(model, variables, input_offset=-0.5, options=suite.SuiteOptions())
+  key = jax.random.PRNGKey(5)
+  fgsm = lambda xb, yb, k: gradient.fgsm(ctx.logits_fn, xb, yb, key=k, epsilon=4 / 255,
+                                         norm="linf")
+  one = suite.run_chunks(fgsm, x, jnp.asarray(y), key, batch_size=5)  # chunks 5, 5, 5, 5, 4
+  locals_, pid = {}, [0]
+
+  def fake_gather(local, sizes):
+    locals_.setdefault(pid[0], []).append((np.asarray(local), list(sizes)))
+    return np.zeros((sum(sizes),) + np.shape(local)[1:], np.asarray(local).dtype)
+
+  monkeypatch.setattr(suite.parallel, "gather_blocks", fake_gather)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  for p in (0, 1):
+    pid[0] = p
+    monkeypatch.setattr(jax, "process_index", lambda p=p: p)
+    suite.run_chunks(fgsm, x, jnp.asarray(y), key, batch_size=5, across_processes=True)
+  fields = ["x_adv", "success", "linf", "l2", "num_grad_evals", "num_forward_evals",
+            "num_inverse_evals"]
+  for i, name in enumerate(fields):
+    (a, sizes_a), (b, sizes_b) = locals_[0][i], locals_[1][i]
+    assert sizes_a == sizes_b == [10, 14]  # chunks [0, 2) and [2, 5)
+    assert (len(a), len(b)) == (10, 14)
+    np.testing.assert_array_equal(np.concatenate([a, b]).astype(np.asarray(
+        getattr(one, name)).dtype), np.asarray(getattr(one, name)), err_msg=name)

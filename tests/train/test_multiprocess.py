@@ -12,8 +12,6 @@ batch that does not split over the global devices.
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -26,75 +24,30 @@ from invjax import parallel
 from invjax import train
 from invjax._src import process
 from invjax._src.checks import InvjaxError
+from tests import multiprocess
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TIMEOUT_S = 240
 # 32 training images in batches of 8 (4 per epoch), 16 test images; a 1-level, 1-step Glow.
 TINY = dict(num_train=32, num_test=16, batch_size=8, log_every=1, checkpoint_every=2,
             eval_batch_size=16, init_batch_size=8, warmup_steps=1, progress=False,
             **{"model.num_levels": 1, "model.num_steps": 1, "model.hidden": 8})
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+_free_port = multiprocess.free_port
 
 
-def _env(num_devices: int):
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  if num_devices > 1:
-    flags.append(f"--xla_force_host_platform_device_count={num_devices}")
-  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
+class _Group(multiprocess.Group):
+  """The flow training runs of these tests (`multiprocess.Group`)."""
 
+  def flow(self, name, workdir, num_steps, *, num_devices=1, dist=None, extra=()):
+    args = ["--config=launch/configs/flow.py:smoke", f"--workdir={workdir}",
+            f"--config.num_steps={num_steps}"]
+    args += [f"--config.{k}={v}" for k, v in TINY.items()] + list(extra)
+    self.start(name, "launch.train_flow", args, num_devices=num_devices, dist=dist)
 
-class _Group:
-  """Subprocesses started together, output to files; all are killed if one fails or hangs."""
-
-  def __init__(self, logdir):
-    self.logdir, self.procs = str(logdir), []
-
-  def start(self, name, workdir, num_steps, *, num_devices=1, dist=None, extra=()):
-    cmd = [sys.executable, "-m", "launch.train_flow", "--config=launch/configs/flow.py:smoke",
-           f"--workdir={workdir}", f"--config.num_steps={num_steps}",
-           "--jax_cpu_collectives_implementation=gloo"]
-    cmd += [f"--config.{k}={v}" for k, v in TINY.items()] + list(extra)
-    if dist is not None:
-      port, num, pid = dist
-      cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num}",
-              f"--process_id={pid}"]
-    log = os.path.join(self.logdir, f"{name}.log")
-    with open(log, "w") as f:
-      proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(num_devices), stdout=f,
-                              stderr=subprocess.STDOUT)
-    self.procs.append((name, proc, log))
-
-  def start_pair(self, name, workdir, num_steps, extra=()):
+  def flow_pair(self, name, workdir, num_steps, extra=()):
     port = _free_port()
     for pid in (0, 1):
-      self.start(f"{name}{pid}", workdir, num_steps, dist=(port, 2, pid), extra=extra)
-
-  def wait(self, expect_failure=()):
-    """{name: (returncode, output)}; kills everything on a timeout or an unexpected failure."""
-    deadline, out = time.monotonic() + TIMEOUT_S, {}
-    try:
-      for name, proc, log in self.procs:
-        try:
-          rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-          rc = None
-        with open(log) as f:
-          out[name] = (rc, f.read())
-        if rc is None or (rc != 0) != (name in expect_failure):
-          raise AssertionError(f"{name}: returncode {rc}\n{out[name][1][-4000:]}")
-    finally:
-      for _, proc, _ in self.procs:
-        if proc.poll() is None:
-          proc.kill()
-          proc.wait()
-      self.procs = []
-    return out
+      self.flow(f"{name}{pid}", workdir, num_steps, dist=(port, 2, pid), extra=extra)
 
 
 @pytest.fixture(scope="module")
@@ -102,18 +55,18 @@ def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("multiprocess")
   group = _Group(tmp)
   # At once: 1 process x 2 devices to step 4; 2 processes x 1 device to step 2.
-  group.start("ref", tmp / "ref", 4, num_devices=2)
-  group.start_pair("first", tmp / "mp", 2)
+  group.flow("ref", tmp / "ref", 4, num_devices=2)
+  group.flow_pair("first", tmp / "mp", 2)
   out = group.wait()
   first_metrics = train.read_metrics(str(tmp / "mp"))
   shutil.copytree(tmp / "mp" / "checkpoints", tmp / "mp_step2")
   # Then, with the programs compiled above in the tests' compilation cache: the relaunch of
   # the 2 processes to step 4; a process whose coordinator never answers; 2 processes given
   # a global batch of 3 for 2 devices.
-  group.start_pair("resume", tmp / "mp", 4)
-  group.start("nocoord", tmp / "bad", 4, dist=(_free_port(), 2, 1),
+  group.flow_pair("resume", tmp / "mp", 4)
+  group.flow("nocoord", tmp / "bad", 4, dist=(_free_port(), 2, 1),
               extra=["--initialization_timeout=2"])
-  group.start_pair("oddbatch", tmp / "odd", 4, extra=["--config.batch_size=3"])
+  group.flow_pair("oddbatch", tmp / "odd", 4, extra=["--config.batch_size=3"])
   out.update(group.wait(expect_failure=("nocoord", "oddbatch0", "oddbatch1")))
   return dict(out=out, tmp=tmp, first_metrics=first_metrics)
 
