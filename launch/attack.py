@@ -4,6 +4,9 @@ Runs every attack named in `config.attacks` (`invjax.attacks.suite`) on the corr
 classified images among the first `config.num_examples` test images and writes to
 `--workdir`: results.md / results.json (success rate vs epsilon, median distances, cost,
 time), success_vs_epsilon.png, grid_<attack>.png and metamers.png (invariance attack).
+For a certifiable flow (`lipschitz_resnet`, `iresnet`), the latent attacks' rows also give
+the image distance their latent change must cost, `|dz| / L_e` with the encoder's certified
+constant (`invjax.robust.certificates`), beside the distance they measured.
 
 The classifier comes from `config.checkpoint_dir` (a workdir of `launch/train_classifier.py`,
 rebuilt from its `model.json`, or from `config.model` / `config.head` for a run without one);
@@ -38,6 +41,7 @@ from invjax import train
 from invjax._src import process
 from invjax.attacks import report
 from invjax.attacks import suite
+from invjax.robust import certificates
 from invjax.train import recipes
 from launch import runtime
 
@@ -81,11 +85,13 @@ def run(config, workdir: str, data_dir: str | None = None) -> Dict[str, Any]:
   model, variables, spec, step = load_or_train(
       config, config.checkpoint_dir or os.path.join(workdir, "classifier"), train_ds, test_ds)
   n = min(config.num_examples, len(test_ds))
+  encoder_lipschitz = (certificates.certified_lipschitz(model, variables).encoder
+                       if certificates.certifiable(model) else None)
   result = suite.run_suite(
       model, variables, data_lib.to_float(test_ds.x[:n]), np.asarray(test_ds.y[:n]),
       attacks=config.attacks, epsilons=config.epsilons, options=options,
       input_offset=spec["input_offset"], seed=config.seed, log=logging.info,
-      across_processes=process.is_multiprocess())
+      across_processes=process.is_multiprocess(), encoder_lipschitz=encoder_lipschitz)
   files = report.write(result, workdir, step=step, num_images=n)
   runtime.echo(report.text(result.summary, step=step, num_images=n))
   return {"checkpoint_step": step, **result.summary, "files": files}

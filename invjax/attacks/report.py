@@ -20,6 +20,16 @@ def markdown(rows: Sequence[Dict[str, Any]], epsilons: Sequence[float], norm: st
         f"{r['success_unbounded']:.2f}", f"{r['median_l2']:.4f}", f"{r['median_linf']:.4f}",
         f"{1e3 * r['seconds_per_example']:.2f}"]
     lines.append("| " + " | ".join(cells) + " |")
+  bounded = [r for r in rows if "median_image_l2_bound" in r]
+  if bounded:
+    lines += ["", f"Image-space cost of the latent attacks (certified encoder constant "
+              f"L_e = {bounded[0]['encoder_lipschitz']:.4g}: a latent change dz needs an "
+              "image change of at least |dz| / L_e)", "",
+              "| attack | median latent L2 | median image L2 bound | median L2 / bound | "
+              "below the bound |", "|---|---|---|---|---|"]
+    lines += [f"| {r['attack']} | {r['median_latent_l2']:.4f} | "
+              f"{r['median_image_l2_bound']:.4f} | {r['median_l2_over_bound']:.2f} | "
+              f"{r['below_image_bound']} |" for r in bounded]
   return "\n".join(lines) + "\n"
 
 

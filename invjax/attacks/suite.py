@@ -226,7 +226,8 @@ def run_suite(model, variables, x_all, y_all, *, attacks: Sequence[str],
               epsilons: Sequence[float], options: SuiteOptions = SuiteOptions(),
               input_offset: float = 0.0, seed: int = 0,
               log: Optional[Callable[[str], None]] = None,
-              across_processes: bool = False) -> SuiteResult:
+              across_processes: bool = False,
+              encoder_lipschitz: Optional[float] = None) -> SuiteResult:
   """Attacks the correctly classified images among `x_all` with every named attack.
 
   Args:
@@ -242,6 +243,10 @@ def run_suite(model, variables, x_all, y_all, *, attacks: Sequence[str],
       `options.attack_batch_size` points (`run_chunks`; with 0, every process attacks all);
       every process, called with the same arguments, returns the same result. The clean
       predictions and the invariance attack run whole on every process.
+    encoder_lipschitz: an upper bound of the encoder's l2 Lipschitz constant (e.g.
+      `invjax.robust.certified_lipschitz(model, variables).encoder`): the latent attacks'
+      rows then hold the image distance their latent change must cost
+      (`latent_image_bound`).
 
   Returns:
     `SuiteResult`: summary {clean_accuracy, num_attacked, norm, epsilons, attacks: rows,
@@ -264,6 +269,8 @@ def run_suite(model, variables, x_all, y_all, *, attacks: Sequence[str],
     if name in EXTRA:
       continue
     row, res = run_attack(name, ctx, x, y, epsilons, key, across_processes=across_processes)
+    if encoder_lipschitz is not None and name.startswith("latent"):
+      row.update(latent_image_bound(ctx, x, res, encoder_lipschitz))
     if log:
       log(f"{name}: {row}")
     rows.append(row)
@@ -287,6 +294,29 @@ def run_suite(model, variables, x_all, y_all, *, attacks: Sequence[str],
         "fraction_in_range": float(np.mean(np.asarray(meta.in_range)))}
     images.append(("metamers", [x1, x2, meta.x_meta], ["x1 (class)", "x2 (nuisance)", "metamer"]))
   return SuiteResult(summary, images)
+
+
+def latent_image_bound(ctx: Context, x, result, encoder_lipschitz: float) -> Dict[str, Any]:
+  """What a latent attack's latent change must cost in image space, beside what it cost.
+
+  For an encoder with l2 Lipschitz constant <= L_e, `||x_adv - x||_2 >= ||E(x_adv) - E(x)||_2
+  / L_e` (`invjax.robust.latent_to_image_lower_bound`). Over the successful examples: the
+  median latent distance, the median bound, the median measured image distance over the
+  bound (>= 1), and the examples below the bound (0 unless the constant is not an upper
+  bound: a soundness check of the certificate).
+  """
+  if not encoder_lipschitz > 0:
+    raise InvjaxError(f"encoder_lipschitz must be > 0, got {encoder_lipschitz}")
+  ok = np.asarray(result.success)
+  dz = np.asarray(ctx.encode(jnp.asarray(result.x_adv)) - ctx.encode(jnp.asarray(x)))
+  latent_l2 = np.linalg.norm(dz.reshape(len(dz), -1).astype(np.float64), axis=1)[ok]
+  image_l2 = np.asarray(result.l2, np.float64)[ok]
+  bound = latent_l2 / float(encoder_lipschitz)
+  median = lambda v: float(np.median(v)) if len(v) else float("nan")
+  ratio = image_l2[bound > 0] / bound[bound > 0]
+  return {"encoder_lipschitz": float(encoder_lipschitz), "median_latent_l2": median(latent_l2),
+          "median_image_l2_bound": median(bound), "median_l2_over_bound": median(ratio),
+          "below_image_bound": int(np.sum(image_l2 < bound * (1 - 1e-4) - 1e-6))}
 
 
 def diff_image(x, x_adv) -> np.ndarray:

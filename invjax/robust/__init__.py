@@ -26,7 +26,7 @@ from invjax.robust import invertibility
 from invjax.robust import margin_training
 from invjax.robust import parseval
 from invjax.robust import smoothing
-from invjax.robust.certificates import (Certification, LipschitzCertificate,
+from invjax.robust.certificates import (Certification, LipschitzCertificate, certifiable,
                                         certified_accuracy_curve, certified_lipschitz, certify,
                                         conv_norm_bound, latent_to_image_lower_bound,
                                         plot_certified_curve)
@@ -45,13 +45,13 @@ from invjax.robust.parseval import layer_singular_values, parseval_retraction, p
 
 __all__ = ["CNNLipschitzCertificate", "Certification", "DetectionReport", "DetectionRow",
            "InvertibilityReport", "LipschitzCertificate", "SetDiagnostics", "adaptive_attack",
-           "bits_per_dim", "certificates", "certification_report", "certified_accuracy",
-           "certified_accuracy_curve", "certified_lipschitz", "certified_radius", "certify",
-           "cnn_certificates", "compose_upper", "conv_norm_bound", "detection",
-           "detection_report", "diagnostics", "diagnostics_report", "evaluation", "global_lipschitz_lower", "invertibility",
-           "invertibility_report", "iresnet_upper_bounds", "latent_to_image_lower_bound",
-           "layer_singular_values", "lipschitz_estimate", "load_ood_images", "local_lipschitz",
-           "margin_logits", "margin_loss", "margin_training", "parseval",
-           "parseval_cnn_lipschitz", "parseval_retraction", "pgd_examples",
-           "plot_certified_curve", "project_simplex", "residual_block_bounds", "roc_auc",
-           "smoothing", "spectral_norm"]
+           "bits_per_dim", "certifiable", "certificates", "certification_report",
+           "certified_accuracy", "certified_accuracy_curve", "certified_lipschitz",
+           "certified_radius", "certify", "cnn_certificates", "compose_upper", "conv_norm_bound",
+           "detection", "detection_report", "diagnostics", "diagnostics_report", "evaluation",
+           "global_lipschitz_lower", "invertibility", "invertibility_report",
+           "iresnet_upper_bounds", "latent_to_image_lower_bound", "layer_singular_values",
+           "lipschitz_estimate", "load_ood_images", "local_lipschitz", "margin_logits",
+           "margin_loss", "margin_training", "parseval", "parseval_cnn_lipschitz",
+           "parseval_retraction", "pgd_examples", "plot_certified_curve", "project_simplex",
+           "residual_block_bounds", "roc_auc", "smoothing", "spectral_norm"]

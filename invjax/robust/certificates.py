@@ -188,6 +188,16 @@ def _flow_collections(model, variables):
   return flow, variables["params"]["flow"], variables[SPECTRAL]["flow"]
 
 
+def certifiable(model) -> bool:
+  """Whether `certified_lipschitz` bounds `model` (an `InvertibleClassifier` over a
+  `LipschitzResNet` or an `IResNet`)."""
+  try:
+    lipschitz_resnet.block_scale(getattr(model, "flow", None))
+  except checks.InvjaxError:
+    return False
+  return True
+
+
 def certified_lipschitz(model, variables, *, power_iterations: int = 100,
                         dense_max_entries: int = 2 ** 22) -> LipschitzCertificate:
   """Provable l2 Lipschitz bounds of `x -> logits`, `x -> z`, `z -> x` (module docstring).

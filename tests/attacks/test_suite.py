@@ -119,3 +119,39 @@ def test_chunks_shared_out_between_processes_are_the_single_process_rows(problem
     assert (len(a), len(b)) == (10, 14)
     np.testing.assert_array_equal(np.concatenate([a, b]).astype(np.asarray(
         getattr(one, name)).dtype), np.asarray(getattr(one, name)), err_msg=name)
+
+
+def test_latent_rows_of_a_certified_flow_carry_the_image_space_bound():
+  """|x_adv - x| >= |E(x_adv) - E(x)| / L_e with the certified encoder constant, recomputed by
+  hand from a direct call; a constant far below the true one is caught by the check."""
+  from invjax.robust import certificates  # pylint: disable=g-import-not-at-top
+  from invjax.train import recipes  # pylint: disable=g-import-not-at-top
+  shape = (4, 4, 2)
+  spec = recipes.classifier_spec(
+      {"name": "lipschitz_resnet", "stages": (1, 1), "hidden": 4, "coeff": 0.8},
+      num_classes=3, image_shape=shape, head="slice", input_offset=-0.5)
+  model = recipes.build_classifier(spec)
+  x = np.asarray(jax.random.uniform(jax.random.PRNGKey(1), (12,) + shape))
+  variables = model.init(jax.random.PRNGKey(2), x - 0.5)
+  y = np.asarray(jnp.argmax(model.apply(variables, x - 0.5)[0], -1))
+  lip = certificates.certified_lipschitz(model, variables).encoder
+  options = suite.SuiteOptions(norm="l2", latent_iters=2, latent_candidates=2)
+  out = suite.run_suite(model, variables, x, y, attacks=("latent_closed_form",),
+                        epsilons=(0.5,), options=options, input_offset=-0.5,
+                        encoder_lipschitz=lip)
+  row = out.summary["attacks"][0]
+  ctx = suite.make_context(model, variables, input_offset=-0.5, options=options)
+  res = latent.latent_attack(ctx.encode, ctx.decode, ctx.head, x, jnp.asarray(y),
+                             method="closed_form", norm="l2", num_iters=2, num_steps=20,
+                             num_candidates=2)
+  ok = np.asarray(res.success)
+  assert ok.sum() >= 6
+  enc = lambda v: np.asarray(model.apply(variables, v - 0.5, method="encode"), np.float64)
+  dz = np.linalg.norm((enc(np.asarray(res.x_adv)) - enc(x)).reshape(len(x), -1), axis=1)[ok]
+  assert row["median_image_l2_bound"] == pytest.approx(np.median(dz) / lip, rel=1e-4)
+  assert row["below_image_bound"] == 0 and row["median_l2_over_bound"] >= 1.0
+  assert "Image-space cost" in report.markdown(out.summary["attacks"], [0.5], "l2")
+  too_small = suite.latent_image_bound(ctx, x, res, lip * 1e-3)
+  assert too_small["below_image_bound"] > 0
+  with pytest.raises(InvjaxError, match="encoder_lipschitz"):
+    suite.latent_image_bound(ctx, x, res, 0.0)
