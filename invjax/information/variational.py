@@ -14,7 +14,8 @@ samples (diagonal: p(x, y); off-diagonal: p(x) p(y)) and returns a scalar (Poole
   debiased like Adam's moments so the first step uses its own batch).
 
 `train_critic(critic, x, y, key=..., bound=...)` maximises one bound with optax on a training
-split and returns the bound on held-out samples (`CriticEstimate`).
+split and returns the bound on held-out samples (`CriticEstimate`). The `benchmark-mi` package
+(JAX implementations of these bounds) pins jax<0.5 and cannot be installed next to invjax.
 """
 from __future__ import annotations
 

@@ -233,7 +233,8 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
   mutable = list(state.model_state)
   if independence_weight:  # the nuisance classifier's parameters ride in model_state
     zn = jax.eval_shape(lambda p, v: independence.nuisance_features(
-        model, p, model.apply({"params": p, **state.model_state}, v, method="encode")),
+        model, p, model.apply({"params": p, **state.model_state}, v, method="encode",
+                              rngs={"logdet": init_key})),
         state.params, x_init)
     state = state.replace(model_state={
         **state.model_state, independence.NUISANCE_COLLECTION:
@@ -299,7 +300,7 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
                  if k != independence.NUISANCE_COLLECTION}
     info = information_latent.nuisance_label_information(
         model, variables, data_lib.to_float(test_ds.x) + offset, jnp.asarray(test_ds.y),
-        key=jax.random.PRNGKey(seed))
+        key=jax.random.PRNGKey(seed), rngs={"logdet": jax.random.PRNGKey(0)})
     results.update(nuisance_ce_bound=float(info.ce_bound), nuisance_ksg=float(info.ksg))
   return _finish(workdir, results, t_start)
 
