@@ -1,8 +1,9 @@
 """invjax: invertible networks, inversion attacks, Lipschitz robustness and passeurs poisoning in JAX.
 
 Sub-packages: `invjax.data`, `invjax.flows`, `invjax.nets`, `invjax.attacks`, `invjax.robust`,
-`invjax.passeurs`; modules `invjax.train`, `invjax.parallel`, `invjax.distill`. Internals
-(compilation, the convolution primitive, loops, file writes, checks) live in `invjax._src`.
+`invjax.passeurs`, `invjax.information`; modules `invjax.train`, `invjax.parallel`,
+`invjax.distill`. Internals (compilation, the convolution primitive, loops, file writes,
+checks) live in `invjax._src`.
 """
 from invjax._src.checks import ConvergenceError, ConvergenceWarning, InvjaxError
 

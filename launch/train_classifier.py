@@ -42,7 +42,10 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None) -> Dic
       nll_weight=config.nll_weight, augment=config.augment,
       report_bits_per_dim=config.report_bits_per_dim, init_batch_size=config.init_batch_size,
       lipschitz_margin=config.lipschitz_margin, margin_variant=config.margin_variant,
-      noise_sigma=config.noise_sigma, mesh=parallel.maybe_data_mesh(config.data_parallel),
+      noise_sigma=config.noise_sigma, independence_weight=config.independence_weight,
+      nuisance_learning_rate=config.nuisance_learning_rate,
+      report_nuisance_information=config.report_nuisance_information,
+      mesh=parallel.maybe_data_mesh(config.data_parallel),
       progress=config.progress,
       **train.loop_kwargs(config))
 
@@ -59,6 +62,9 @@ def main(argv):
     extra += (f", certified accuracy {results['certified_accuracy']:.4f} at L2 "
               f"{results['lipschitz_margin']:.4g} "
               f"(Lipschitz {results['certified_lipschitz']:.4g})")
+  if "nuisance_ce_bound" in results:
+    extra += (f", nuisance-label information {results['nuisance_ce_bound']:.4f} nats (CE bound),"
+              f" {results['nuisance_ksg']:.4f} (KSG)")
   runtime.echo(f"test accuracy {results['test_accuracy']:.4f}{extra} after {results['step']} steps "
                f"({results['model']}, {results['wall_s']:.1f} s)")
 

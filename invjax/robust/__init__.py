@@ -13,6 +13,8 @@
 * `invertibility`: invertibility diagnostics (Behrmann et al. 2021): reconstruction error and
   forward / inverse local Lipschitz bounds on test, adversarial and out-of-distribution inputs,
   numerically non-invertible points flagged (`invertibility_report`).
+* `independence`: independence cross-entropy (Jacobsen et al. 2019): a nuisance classifier
+  trained adversarially so the latent part the head ignores carries no label information.
 * `margin_training`: Lipschitz-margin certified training (Tsuzuku et al. 2018; GloRo).
 * `parseval`: Parseval networks' orthogonality retraction and simplex projection.
 * `smoothing`: randomized smoothing (Cohen et al. 2019), probabilistic l2 certificates.
@@ -22,6 +24,7 @@ from invjax.robust import cnn_certificates
 from invjax.robust import detection
 from invjax.robust import diagnostics
 from invjax.robust import evaluation
+from invjax.robust import independence
 from invjax.robust import invertibility
 from invjax.robust import margin_training
 from invjax.robust import parseval
@@ -35,6 +38,8 @@ from invjax.robust.detection import (DetectionReport, DetectionRow, adaptive_att
                                      bits_per_dim, detection_report, roc_auc)
 from invjax.robust.diagnostics import diagnostics_report
 from invjax.robust.evaluation import certification_report
+from invjax.robust.independence import (independence_step, init_nuisance_classifier,
+                                        nuisance_features)
 from invjax.robust.invertibility import (InvertibilityReport, SetDiagnostics,
                                          invertibility_report, load_ood_images, pgd_examples)
 from invjax.robust.lipschitz import (certified_accuracy, certified_radius, compose_upper,
@@ -49,9 +54,11 @@ __all__ = ["CNNLipschitzCertificate", "Certification", "DetectionReport", "Detec
            "certified_accuracy", "certified_accuracy_curve", "certified_lipschitz",
            "certified_radius", "certify", "cnn_certificates", "compose_upper", "conv_norm_bound",
            "detection", "detection_report", "diagnostics", "diagnostics_report", "evaluation",
-           "global_lipschitz_lower", "invertibility", "invertibility_report",
+           "global_lipschitz_lower", "independence", "independence_step",
+           "init_nuisance_classifier", "invertibility", "invertibility_report",
            "iresnet_upper_bounds", "latent_to_image_lower_bound", "layer_singular_values",
            "lipschitz_estimate", "load_ood_images", "local_lipschitz", "margin_logits",
-           "margin_loss", "margin_training", "parseval", "parseval_cnn_lipschitz",
-           "parseval_retraction", "pgd_examples", "plot_certified_curve", "project_simplex",
-           "residual_block_bounds", "roc_auc", "smoothing", "spectral_norm"]
+           "margin_loss", "margin_training", "nuisance_features", "parseval",
+           "parseval_cnn_lipschitz", "parseval_retraction", "pgd_examples",
+           "plot_certified_curve", "project_simplex", "residual_block_bounds", "roc_auc",
+           "smoothing", "spectral_norm"]

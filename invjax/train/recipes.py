@@ -30,9 +30,11 @@ from invjax.flows import classifier as classifier_lib
 from invjax.flows import lipschitz_resnet
 from invjax.flows import multiscale
 from invjax.flows import registry
+from invjax.information import latent as information_latent
 from invjax.nets import cnn
 from invjax.nets import parseval_cnn
 from invjax.robust.certificates import certify as certify_classifier
+from invjax.robust import independence
 from invjax.robust import margin_training
 from invjax.train.checkpoint import restore_variables
 from invjax.train.loop import train_loop
@@ -158,8 +160,11 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
                      optimizer: optax.GradientTransformation, nll_weight: float = 0.0,
                      augment: bool = False, report_bits_per_dim: bool = False,
                      lipschitz_margin: float = 0.0, margin_variant: str = "tsuzuku",
-                     noise_sigma: float = 0.0, seed: int = 0, init_batch_size: int = 128,
-                     mesh=None, progress: bool = True, **loop: Any) -> Dict[str, Any]:
+                     noise_sigma: float = 0.0, independence_weight: float = 0.0,
+                     nuisance_learning_rate: float = 0.5,
+                     report_nuisance_information: bool = False, seed: int = 0,
+                     init_batch_size: int = 128, mesh=None, progress: bool = True,
+                     **loop: Any) -> Dict[str, Any]:
   """Invertible classifier: cross-entropy (or a Lipschitz-margin loss) + `nll_weight` * bits/dim.
 
   Args:
@@ -180,6 +185,14 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
     margin_variant: `"tsuzuku"` (shifted non-true logits) or `"gloro"` (bottom class).
     noise_sigma: Gaussian noise `x + sigma * N(0, I)` on training inputs
       (`invjax.data.augment.gaussian_noise`; randomized smoothing's base classifier).
+    independence_weight: weight of the independence cross-entropy (Jacobsen et al. 2019;
+      `invjax.robust.independence`; 0: off): the encoder also maximises the cross-entropy
+      of a linear nuisance classifier that learns, adversarially, to predict the label from
+      the latent part the head ignores (logged as "nuisance_ce", "nuisance_accuracy").
+    nuisance_learning_rate: the nuisance classifier's SGD step size (one step per step).
+    report_nuisance_information: measure the label information of the nuisance latent on the
+      test split (`invjax.information.nuisance_label_information`): results gain
+      "nuisance_ce_bound" and "nuisance_ksg" (nats).
     seed: initialisation, per-step rng and data order.
     init_batch_size: images for the data-dependent initialisation.
     mesh: optional data-parallel mesh (`invjax.parallel`).
@@ -188,13 +201,14 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
 
   Returns:
     `{"test_accuracy", "step", "model", "wall_s"}` (+ "test_bits_per_dim" when reported; +
-    "certified_lipschitz", "certified_accuracy", "lipschitz_margin" with a margin).
+    "certified_lipschitz", "certified_accuracy", "lipschitz_margin" with a margin; +
+    "nuisance_ce_bound", "nuisance_ksg" when reported).
   """
   t_start = time.time()
   margin_training.check_variant(margin_variant)
-  if not (lipschitz_margin >= 0 and noise_sigma >= 0):
-    raise InvjaxError(f"lipschitz_margin and noise_sigma must be >= 0, got {lipschitz_margin} "
-                      f"and {noise_sigma}")
+  if not (lipschitz_margin >= 0 and noise_sigma >= 0 and independence_weight >= 0):
+    raise InvjaxError(f"lipschitz_margin, noise_sigma and independence_weight must be >= 0, "
+                      f"got {lipschitz_margin}, {noise_sigma} and {independence_weight}")
   model = build_classifier(spec)
   if lipschitz_margin:
     lipschitz_resnet.block_scale(model.flow)  # raises unless the flow is certifiable
@@ -218,11 +232,20 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
   x_init = data_lib.to_float(train_ds.x[:init_batch_size]) + offset
   state = _init(model, x_init, init_key, state_key, optimizer)
   mutable = list(state.model_state)
+  if independence_weight:  # the nuisance classifier's parameters ride in model_state
+    zn = jax.eval_shape(lambda p, v: independence.nuisance_features(
+        model, p, model.apply({"params": p, **state.model_state}, v, method="encode",
+                              rngs={"logdet": init_key})),
+        state.params, x_init)
+    state = state.replace(model_state={
+        **state.model_state, independence.NUISANCE_COLLECTION:
+        independence.init_nuisance_classifier(zn.shape[1], model.num_classes)})
   name = f"{spec['flow']['name']}/{spec['head']}"
   logging.info("classifier %s: %d parameters, latent %s", name, count_params(state.params),
                model.latent_shape)
 
   def forward(params, model_state, x, rng):
+    model_state = {k: v for k, v in model_state.items() if k in mutable}
     return model.apply({"params": params, **model_state}, x, rngs={"logdet": rng},
                        mutable=mutable)
 
@@ -238,6 +261,14 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
           logits, batch["y"], lipschitz=lip, epsilon=lipschitz_margin, variant=margin_variant)
       metrics["lipschitz"] = lip
       loss = metrics["margin_loss"] + (nll_weight * metrics["bits_per_dim"] if nll_weight else 0.0)
+    if independence_weight:
+      term, nuisance, ice = independence.independence_step(
+          model_state[independence.NUISANCE_COLLECTION],
+          independence.nuisance_features(model, params, z), batch["y"],
+          learning_rate=nuisance_learning_rate)
+      loss = loss + independence_weight * term
+      new_state = {**new_state, independence.NUISANCE_COLLECTION: nuisance}
+      metrics.update(ice)
     if not report_bits_per_dim:
       metrics.pop("bits_per_dim")
     return loss, (new_state, metrics)
@@ -263,6 +294,15 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
                                lipschitz_margin, input_offset=offset)
     results.update(certified_lipschitz=cert.lipschitz, lipschitz_margin=float(lipschitz_margin),
                    certified_accuracy=float(cert.certified_accuracy[0]))
+  if independence_weight:
+    results["independence_weight"] = float(independence_weight)
+  if report_nuisance_information:
+    variables = {k: v for k, v in state.variables.items()
+                 if k != independence.NUISANCE_COLLECTION}
+    info = information_latent.nuisance_label_information(
+        model, variables, data_lib.to_float(test_ds.x) + offset, jnp.asarray(test_ds.y),
+        key=jax.random.PRNGKey(seed), rngs={"logdet": jax.random.PRNGKey(0)})
+    results.update(nuisance_ce_bound=float(info.ce_bound), nuisance_ksg=float(info.ksg))
   return _finish(workdir, results, t_start)
 
 

@@ -42,6 +42,15 @@ the logits ("identity_slice"), trained with the hybrid loss CE + nll_weight * bi
 published CIFAR-10 number to compare with. Certified anchors (published, GPU, large models, l2
 radius 36/255): LiResNet 78.1%, AOL-MLP 77.6% (both with generated data), SLL X-Large ~66%;
 no invertible network has a published certificate.
+
+Independence cross-entropy (Jacobsen et al. 2019; `invjax.robust.independence`): the nuisance
+latent (what the head ignores) is trained to carry no label information; results.json then
+also holds the test nuisance-label information (`nuisance_ce_bound`, `nuisance_ksg`, nats).
+Not measured yet on the mini or full data:
+
+  python -m launch.train_classifier \
+      --config=launch/configs/classifier.py:smoke,model=glow,independence=1.0 \
+      --workdir=/tmp/ice_smoke
 """
 import ml_collections
 
@@ -49,13 +58,17 @@ from launch.configs import choose, parse_arg
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, smoke=False, cpu=False, model="")
+  arg = parse_arg(arg, smoke=False, cpu=False, model="", independence=0.0)
   config = ml_collections.ConfigDict(dict(
       num_train=0, num_test=0, num_classes=10, seed=0,  # num_train / num_test 0: all
       slice_dims=None, input_offset=-0.5,  # the model sees x - 0.5
       final_lr_fraction=0.0, data_parallel="auto", progress=True,
       # Lipschitz-margin training (0: cross-entropy) and Gaussian noise on training inputs.
-      lipschitz_margin=0.0, margin_variant="tsuzuku", noise_sigma=0.0))
+      lipschitz_margin=0.0, margin_variant="tsuzuku", noise_sigma=0.0,
+      # Independence cross-entropy (Jacobsen et al. 2019; 0: off): the encoder maximises a
+      # linear nuisance classifier's cross-entropy, that classifier learns by SGD.
+      independence_weight=arg.independence, nuisance_learning_rate=0.5,
+      report_nuisance_information=arg.independence > 0))
   margin = 36 / 255  # the l2 radius certified-robustness tables report first
   if arg.smoke:
     # model -> (flow, head, nll_weight, report_bits_per_dim)
