@@ -22,7 +22,7 @@ from typing import List, Optional
 FIELDS = ("name", "what", "status", "wall_s", "limit_s", "workdir", "md", "log", "command")
 # Columns of the benchmarks' tables worth a place in the summary, most telling first.
 _HEADLINE_COLUMNS = ("speed-up", "invjax / pytorch", "invjax / peer", "images/s",
-                     "end to end (s)")
+                     "end to end (s)", "public acc")
 _NUMBER = re.compile(r"[-+]?[\d,]*\.?\d+(e[-+]?\d+)?%?")
 _MISSING_MODULE = re.compile(r"No module named '([^']+)'")
 

@@ -39,6 +39,8 @@ flags.DEFINE_float("C", 1.0, "SVM cost C.")
 flags.DEFINE_float("tol", None, "invjax tolerance (default: the library's).")
 flags.DEFINE_float("ref_eps", None, "Also run LIBLINEAR with this -e as the objective reference.")
 flags.DEFINE_bool("dense_problem", True, "Time LIBLINEAR's problem() from the dense array.")
+flags.DEFINE_bool("liblinear", True, "Run the LIBLINEAR rows (single-threaded CPU: about 3 "
+                  "minutes at the full size; --noliblinear on an accelerator run).")
 flags.DEFINE_string("out", None, "Write the markdown table to this file.")
 FLAGS = flags.FLAGS
 
@@ -129,8 +131,9 @@ def main(argv):
            f"first call incl. compile {first:.2f}s")
   add("invjax `svm.fit` (newton)", warm_e2e, solve, params.w, params.b, extra)
 
-  if ll is None:
-    lines.append("\nLIBLINEAR rows skipped: liblinear-official is not installed.")
+  if ll is None or not FLAGS.liblinear:
+    why = "--noliblinear" if ll is not None else "liblinear-official is not installed"
+    lines.append(f"\nLIBLINEAR rows skipped: {why}.")
     print(lines[-1], flush=True)
   else:
     _liblinear_rows(ll, scipy.sparse, x, y, c, k, d, add)
