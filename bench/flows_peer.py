@@ -102,6 +102,13 @@ def iresnet(stages=(2, 2), hidden: int = 32, coeff: float = 0.9,
   return nf.NormalizingFlow(q0, density_order[::-1])
 
 
+def num_params(model) -> int:
+  """Trainable weights, without residual-flows' estimator scalars (`geom_p`, `lamb`: they only
+  parametrise the sampling of the series length and get no gradient)."""
+  return sum(p.numel() for name, p in model.named_parameters()
+             if p.requires_grad and not name.endswith(("geom_p", "lamb")))
+
+
 def _log_prob(model, x):
   import normflows as nf  # pylint: disable=g-import-not-at-top
   return model.log_prob(x, None) if isinstance(model, nf.MultiscaleFlow) else model.log_prob(x)
@@ -140,6 +147,5 @@ def timed_train(name, model, x_uint8: np.ndarray, batch_size: int, steps: int,
       t_first = time.perf_counter() - t_step
   sync()
   dt = time.perf_counter() - t0
-  n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-  return (name, n_params, steps * batch_size / dt, 1000 * dt / steps, t_first, losses[0],
+  return (name, num_params(model), steps * batch_size / dt, 1000 * dt / steps, t_first, losses[0],
           losses[-1])

@@ -162,3 +162,30 @@ def test_report_summarises_speed_tables_and_missing_modules(tmp_path):
     bad = tmp_path / "bad.tsv"
     bad.write_text("a\tb\n")
     accelerator_report.read_steps(str(bad))
+
+
+def test_normflows_peer_models_match_the_invjax_smoke_models():
+  """bench/flows_peer.py builds the invjax smoke i-ResNet's architecture in normflows: the same
+  number of weights (an independent count: invjax's variables vs the torch module's), and a
+  Glow whose log-density trains."""
+  torch = pytest.importorskip("torch")
+  pytest.importorskip("normflows", reason="normflows is only the benchmark's peer")
+  import jax
+  import numpy as np
+  from bench import flows_peer
+  from invjax.flows import iresnet
+
+  model = iresnet.smoke()
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct(
+      (1, 32, 32, 3), np.float32))
+  ours = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes["params"]))
+  assert flows_peer.num_params(flows_peer.iresnet()) == ours
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  try:
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    row = flows_peer.timed_train("glow", flows_peer.glow(num_steps=1, hidden=8), x, 2, 1)
+  finally:
+    torch.set_num_threads(threads)
+  assert row[1] > 0 and np.isfinite(row[5]) and np.isfinite(row[6]) and row[2] > 0
+  assert 5.0 < row[5] < 12.0  # bits/dim of near-uniform noise under a fresh flow
