@@ -13,9 +13,17 @@ r"""Benchmark: i-ResNet fixed-point inverses, measured Lipschitz constants, flow
     (`invjax.flows.glow.Glow((32, 32, 3), num_levels=2, num_steps=4, hidden=32)`) and the smoke
     i-ResNet (`invjax.flows.iresnet.smoke()`: 2x2 blocks, hidden 32, power-series log-det with 5
     terms, Neumann gradient) plus the same i-ResNet with the Russian-roulette estimator.
+    Peer columns (`--peer=normflows`, the default): the same three models in normflows
+    (PyTorch, `bench/flows_peer.py`), eager Adam steps on the same loss and batches, in the
+    same run, and the ratio invjax / normflows of images/s. `--models` picks the rows (glow,
+    iresnet, iresnet_rr).
 
   .venv/bin/python -m bench.flows --out /tmp/flows_bench.md
   .venv/bin/python -m bench.flows --coeffs 0.9 --skip_throughput        # quick
+  python -m bench.flows --peer_device=cuda      # a GPU: the peer on CUDA too
+
+normflows is no dependency of invjax: `pip install --no-deps normflows` (torch is in the test
+extra); without it the peer columns say so.
 """
 from __future__ import annotations
 
@@ -28,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bench import flows_peer
 from bench import report
 from invjax import data
 from invjax.flows import iresnet
@@ -45,6 +54,11 @@ flags.DEFINE_bool("skip_throughput", False, "Skip (b).")
 flags.DEFINE_integer("batch_size", 32, "Training batch size for (b).")
 flags.DEFINE_integer("steps", 10, "Timed training steps for (b) (after 2 warm-up steps).")
 flags.DEFINE_integer("seed", 0, "Seed.")
+flags.DEFINE_list("models", ["glow", "iresnet", "iresnet_rr"], "Rows of (b).")
+flags.DEFINE_enum("peer", "normflows", ["normflows", "none"], "Peer implementation of (b).")
+flags.DEFINE_enum("peer_device", "auto", ["auto", "cpu", "cuda"], "Device of the peer; auto: "
+                  "cuda when JAX runs on a GPU and torch sees one.")
+flags.DEFINE_integer("peer_threads", 0, "torch intra-op threads of the peer (0: default).")
 flags.DEFINE_string("out", None, "Write the markdown tables to this file.")
 FLAGS = flags.FLAGS
 
@@ -140,9 +154,43 @@ def _timed_train(name, init_fn, loss_fn, x_uint8, batch_size, steps):
   return (name, n_params, ips, 1000 * dt / steps, t_compile, losses[0], losses[-1])
 
 
+def _peer_device():
+  import torch  # pylint: disable=g-import-not-at-top
+  if FLAGS.peer_device == "auto":
+    return "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+  return FLAGS.peer_device
+
+
+def peer_rows(x_uint8, models):
+  """{model: row of `flows_peer.timed_train`}, or {model: why there is none}."""
+  if FLAGS.peer == "none":
+    return {m: "-" for m in models}
+  reason = flows_peer.unavailable()
+  device = "cpu" if reason else _peer_device()
+  reason = reason or flows_peer.unavailable(device)
+  if reason:
+    return {m: f"normflows {reason}" for m in models}
+  import torch  # pylint: disable=g-import-not-at-top
+  if FLAGS.peer_threads:
+    torch.set_num_threads(FLAGS.peer_threads)
+  builders = {"glow": flows_peer.glow, "iresnet": flows_peer.iresnet,
+              "iresnet_rr": lambda: flows_peer.iresnet(logdet="russian_roulette")}
+  out = {}
+  for m in models:
+    out[m] = flows_peer.timed_train(f"normflows {m} ({device})", builders[m](), x_uint8,
+                                    FLAGS.batch_size, FLAGS.steps, device, FLAGS.seed)
+    print(f"{out[m][0]}: {out[m][2]:.1f} images/s, first step {out[m][4]:.1f}s, "
+          f"bits/dim {out[m][5]:.2f} -> {out[m][6]:.2f}", flush=True)
+  return out
+
+
 def throughput_table(x_uint8):
   bs, steps, dims = FLAGS.batch_size, FLAGS.steps, 32 * 32 * 3
-  rows = []
+  models = list(FLAGS.models)
+  unknown = sorted(set(models) - {"glow", "iresnet", "iresnet_rr"})
+  if unknown:
+    raise app.UsageError(f"--models: unknown {unknown} (glow, iresnet, iresnet_rr)")
+  rows = {}
   glow = Glow((32, 32, 3), num_levels=2, num_steps=4, hidden=32)
 
   def glow_init(key, x):
@@ -151,11 +199,15 @@ def throughput_table(x_uint8):
   def glow_loss(params, state, key, x):
     return jnp.mean(_nll_bits(glow.apply({"params": params}, x - 0.5, method="log_prob"),
                               dims)), state
-  rows.append(_timed_train("Glow smoke (2 levels x 4 steps, hidden 32)", glow_init, glow_loss,
-                           x_uint8, bs, steps))
+  if "glow" in models:
+    rows["glow"] = _timed_train("Glow smoke (2 levels x 4 steps, hidden 32)", glow_init,
+                                glow_loss, x_uint8, bs, steps)
 
-  for label, overrides in [("power series, 5 terms", {}),
-                           ("Russian roulette", dict(logdet="russian_roulette"))]:
+  for key, label, overrides in [("iresnet", "power series, 5 terms", {}),
+                                ("iresnet_rr", "Russian roulette",
+                                 dict(logdet="russian_roulette"))]:
+    if key not in models:
+      continue
     model = iresnet.smoke(**overrides)
 
     def init(key, x, model=model):
@@ -168,12 +220,22 @@ def throughput_table(x_uint8):
       z = z.reshape(z.shape[0], -1)
       log_pz = -0.5 * jnp.sum(z * z, 1) - 0.5 * dims * np.log(2 * np.pi)
       return jnp.mean(_nll_bits(log_pz + ld, dims)), upd["spectral"]
-    rows.append(_timed_train(f"i-ResNet smoke (2x2 blocks, hidden 32, {label})", init, loss,
-                             x_uint8, bs, steps))
-  lines = ["| model | params | images/s | ms/step | compile + 1st step (s) | bits/dim first -> last |",
-           "|---|---|---|---|---|---|"]
-  for name, n_params, ips, ms, tc, l0, l1 in rows:
-    lines.append(f"| {name} | {n_params:,} | {ips:.1f} | {ms:.0f} | {tc:.1f} | {l0:.2f} -> {l1:.2f} |")
+    rows[key] = _timed_train(f"i-ResNet smoke (2x2 blocks, hidden 32, {label})", init, loss,
+                             x_uint8, bs, steps)
+  peers = peer_rows(x_uint8, list(rows))
+  lines = ["| model | params | images/s | ms/step | compile + 1st step (s) | bits/dim first -> "
+           "last | peer | peer params | peer images/s | peer 1st step (s) | peer bits/dim "
+           "first -> last | invjax / peer |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for key, (name, n_params, ips, ms, tc, l0, l1) in rows.items():
+    peer = peers[key]
+    if isinstance(peer, str):
+      tail = f"{peer} | - | - | - | - | - |"
+    else:
+      _, pn, pips, _, pt, p0, p1 = peer
+      tail = (f"normflows | {pn:,} | {pips:.1f} | {pt:.1f} | {p0:.2f} -> {p1:.2f} | "
+              f"{ips / pips:.2f}x |")
+    lines.append(f"| {name} | {n_params:,} | {ips:.1f} | {ms:.0f} | {tc:.1f} | {l0:.2f} -> "
+                 f"{l1:.2f} | {tail}")
   return "\n".join(lines)
 
 

@@ -49,6 +49,8 @@ def small_cnn(variables):
   class TorchSmallCNN(tnn.Module):
     def __init__(self):
       super().__init__()
+      self.register_buffer("mean", mean)  # buffers: `.to(device)` moves them too
+      self.register_buffer("std", std)
       self.convs = tnn.ModuleList()
       for k in convs:
         kern = np.asarray(params[k]["kernel"])  # HWIO
@@ -62,7 +64,7 @@ def small_cnn(variables):
       self.fc.bias.data = torch.from_numpy(np.asarray(dense["bias"]).copy())
 
     def forward(self, x):
-      h = (x - mean) / std
+      h = (x - self.mean) / self.std
       for i in range(0, len(self.convs), 2):
         h = torch.relu(self.convs[i](h))
         h = torch.relu(self.convs[i + 1](h))
@@ -72,17 +74,18 @@ def small_cnn(variables):
   return TorchSmallCNN().eval()
 
 
-def twins(model, variables, x, y):
+def twins(model, variables, x, y, device: str = "cpu"):
   """The jitted JAX `logits_fn`, the frozen PyTorch twin, `x`/`y` as NCHW / int64 tensors, and
-  the largest logit difference of the two models on `x` (a check that the copy is exact)."""
+  the largest logit difference of the two models on `x` (a check that the copy is exact).
+  The torch model and tensors are on `device` ("cpu" or "cuda")."""
   import torch  # pylint: disable=g-import-not-at-top
 
   logits_fn = jax.jit(cnn.logits_fn(model, variables))
-  tmodel = small_cnn(variables).requires_grad_(False)
-  xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
-  yt = torch.from_numpy(np.asarray(y).astype(np.int64))
+  tmodel = small_cnn(variables).requires_grad_(False).to(device)
+  xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).to(device)
+  yt = torch.from_numpy(np.asarray(y).astype(np.int64)).to(device)
   with torch.no_grad():
-    diff = float(np.abs(tmodel(xt).numpy() - np.asarray(logits_fn(x))).max())
+    diff = float(np.abs(tmodel(xt).cpu().numpy() - np.asarray(logits_fn(x))).max())
   return logits_fn, tmodel, xt, yt, diff
 
 
