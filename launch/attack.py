@@ -6,7 +6,9 @@ classified images among the first `config.num_examples` test images and writes t
 time), success_vs_epsilon.png, grid_<attack>.png and metamers.png (invariance attack).
 For a certifiable flow (`lipschitz_resnet`, `iresnet`), the latent attacks' rows also give
 the image distance their latent change must cost, `|dz| / L_e` with the encoder's certified
-constant (`invjax.robust.certificates`), beside the distance they measured.
+constant (`invjax.robust.certificates`), beside the distance they measured. With
+`config.information`, results also hold the label information (nats) of the nuisance latent
+and of the logits on the selected images (Jacobsen et al. 2019; `invjax.information`).
 
 The classifier comes from `config.checkpoint_dir` (a workdir of `launch/train_classifier.py`,
 rebuilt from its `model.json`, or from `config.model` / `config.head` for a run without one);
@@ -34,9 +36,11 @@ if __package__ in (None, ""):  # `python launch/attack.py`: make `launch` import
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 import numpy as np
 
 from invjax import data as data_lib
+from invjax import information
 from invjax import train
 from invjax._src import process
 from invjax.attacks import report
@@ -92,6 +96,10 @@ def run(config, workdir: str, data_dir: str | None = None) -> Dict[str, Any]:
       attacks=config.attacks, epsilons=config.epsilons, options=options,
       input_offset=spec["input_offset"], seed=config.seed, log=logging.info,
       across_processes=process.is_multiprocess(), encoder_lipschitz=encoder_lipschitz)
+  if config.information:
+    result.summary["information"] = information.information_summary(
+        model, variables, data_lib.to_float(test_ds.x[:n]), np.asarray(test_ds.y[:n]),
+        key=jax.random.PRNGKey(config.seed), input_offset=spec["input_offset"])
   files = report.write(result, workdir, step=step, num_images=n)
   runtime.echo(report.text(result.summary, step=step, num_images=n))
   return {"checkpoint_step": step, **result.summary, "files": files}

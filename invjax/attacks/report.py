@@ -86,6 +86,12 @@ def text(summary: Dict[str, Any], *, step: int, num_images: int) -> str:
               f"{inv['same_prediction_as_x1']:.2f} of pairs (max logit change "
               f"{inv['max_logit_change']:.2e}); median L2 to x1 {inv['median_l2_to_x1']:.3f}, "
               f"to x2 {inv['median_l2_to_x2']:.3f}.\n")
+  if "information" in summary:
+    info = summary["information"]
+    table += (f"\nLabel information (nats; H(y) = {info['label_entropy']:.3f}): nuisance latent "
+              f"KSG {info['nuisance_ksg']:.3f}, held-out CE bound {info['nuisance_ce_bound']:.3f} "
+              f"({info['nuisance_dims']} dims); logits KSG {info['logit_ksg']:.3f}, "
+              f"H(y) - CE {info['logit_ce_bound']:.3f}.\n")
   return header + table
 
 

@@ -15,7 +15,8 @@ from invjax.information import variational
 from invjax.information.critics import MLP, ConcatCritic, SeparableCritic
 from invjax.information.ksg import ksg_mutual_information, mixed_ksg_mutual_information
 from invjax.information.latent import (LogitInformation, NuisanceInformation,
-                                       fit_logistic_regression, latent_codes, logit_information,
+                                       fit_logistic_regression, information_summary, latent_codes,
+                                       logit_information,
                                        nuisance_information_from_latent,
                                        nuisance_label_information, nuisance_part, project)
 from invjax.information.variational import (BOUNDS, CriticEstimate, CriticState, MineEMA,
@@ -25,7 +26,7 @@ from invjax.information.variational import (BOUNDS, CriticEstimate, CriticState,
 __all__ = [
     "BOUNDS", "ConcatCritic", "CriticEstimate", "CriticState", "LogitInformation", "MLP",
     "MineEMA", "NuisanceInformation", "SeparableCritic", "critics", "donsker_varadhan",
-    "evaluate_bound", "fit_logistic_regression", "infonce", "ksg", "ksg_mutual_information",
+    "evaluate_bound", "fit_logistic_regression", "infonce", "information_summary", "ksg", "ksg_mutual_information",
     "latent", "latent_codes", "logit_information", "mine_ema_init", "mine_loss",
     "mixed_ksg_mutual_information", "nuisance_information_from_latent",
     "nuisance_label_information", "nuisance_part", "nwj", "project", "train_critic",

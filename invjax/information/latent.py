@@ -26,7 +26,7 @@ Two estimates, since neither is exact in hundreds of dimensions:
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -286,3 +286,18 @@ def _logit_core(logits, y, *, num_classes, k, chunk_size) -> LogitInformation:
   h = -jnp.sum(jnp.where(freq > 0, freq * jnp.log(jnp.where(freq > 0, freq, 1.0)), 0.0))
   ksg = mixed_ksg_mutual_information(_standardise(logits), y, k=k, chunk_size=chunk_size)
   return LogitInformation(ksg, h - ce, h, ce, jnp.mean(jnp.argmax(logits, -1) == y))
+
+
+def information_summary(model: Any, variables: Any, x, y, *, key: Array,
+                        input_offset: float = 0.0, rngs: Optional[dict] = None
+                        ) -> Dict[str, float]:
+  """Both label-information quantities of `model` on images `x` in [0, 1] (the model sees
+  `x + input_offset`), as JSON-able floats in nats: the nuisance latent's (KSG and the
+  held-out cross-entropy bound) and the logits' (KSG and H(y) - CE)."""
+  v = jnp.asarray(x) + float(input_offset)
+  nuisance = nuisance_label_information(model, variables, v, y, key=key, rngs=rngs)
+  logits = logit_information(model, variables, v, y, rngs=rngs)
+  return {"nuisance_ksg": float(nuisance.ksg), "nuisance_ce_bound": float(nuisance.ce_bound),
+          "nuisance_dims": int(nuisance.nuisance_dims), "logit_ksg": float(logits.ksg),
+          "logit_ce_bound": float(logits.ce_bound),
+          "label_entropy": float(logits.label_entropy), "num_examples": int(np.shape(x)[0])}

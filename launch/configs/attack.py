@@ -40,6 +40,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # > 0: attack chunks of this many images (chunk c: key fold_in(seed key, c)), shared out
       # between the processes of a multi-process run; 0: all at once
       attack_batch_size=0,
+      # label information (nats) of the nuisance latent and of the logits on the selected
+      # test images (invjax.information.information_summary)
+      information=True,
       # the smoke classifier's training: cross-entropy, constant-rate Adam, no augmentation
       batch_size=64, learning_rate=1e-3, grad_clip=10.0, schedule="constant", nll_weight=0.0))
   if arg.smoke:

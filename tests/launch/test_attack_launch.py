@@ -49,8 +49,12 @@ def test_attack_launch_end_to_end(tmp_path):
   assert rows["latent_jacobian"]["median_linf"] <= rows["latent_closed_form"]["median_linf"]
   inv = saved["invariance"]
   assert inv["same_prediction_as_x1"] == 1.0 and inv["max_logit_change"] < 1e-2
+  info = saved["information"]  # nats; H(y) - CE <= H(y) <= log 10
+  assert info["num_examples"] == 24 and 0.0 < info["label_entropy"] <= 2.31
+  assert info["logit_ce_bound"] <= info["label_entropy"] + 1e-6
+  assert info["nuisance_dims"] > 0 and all(v == v for v in info.values())  # no NaN
   table = (tmp_path / "results.md").read_text()
-  assert "| latent_jacobian |" in table
+  assert "| latent_jacobian |" in table and "Label information" in table
 
 
 def test_attack_launch_rejects_bad_config(tmp_path):
