@@ -16,7 +16,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLABS = os.path.join(ROOT, "colabs")
-NOTEBOOKS = ("inversion_attacks.ipynb", "passeurs.ipynb", "flows.ipynb", "evaluation.ipynb")
+NOTEBOOKS = ("inversion_attacks.ipynb", "passeurs.ipynb", "flows.ipynb", "evaluation.ipynb",
+             "robustness.ipynb")
 
 REPO_URL = "https://github.com/invjax/invjax"
 INSTALL_CELL = f'''# Colab: install invjax when it is not importable (a fresh runtime), then import it.
@@ -135,5 +136,11 @@ def test_colab_runs_top_to_bottom(name, monkeypatch, tmp_path):
     assert _number(r"Square success (\d\.\d+)", text) >= 0.5, text[-3000:]
     assert "'zero_gradients'" in text, text[-3000:]
     assert "robust accuracy: {'implicit'" in text and "masked gradients: " in text
+  elif name == "robustness.ipynb":
+    # the certified constant bounds every measured one; no attack inside a certified radius
+    assert "certified bound above every measured constant: True" in text, text[-3000:]
+    assert "no adversarial inside a certified radius: True" in text, text[-3000:]
+    assert _number(r"clean accuracy (\d\.\d+); certified accuracy", text) > 0.1
+    assert "smoothing (sigma 0.25, N 200): certified accuracy" in text
   else:
     assert "test accuracy" in text and "same prediction as x1: 1.0" in text, text[-2000:]
