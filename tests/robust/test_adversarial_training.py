@@ -192,3 +192,13 @@ def test_train_classifier_with_adversarial_training(tmp_path):
     recipes.train_classifier(spec, _data(8, 0), _data(8, 1), str(tmp_path / "bad"),
                              optimizer=optax.adam(1e-2), adversarial="fgsm", num_steps=1,
                              batch_size=4, progress=False)
+
+
+def test_classifier_config_keys():
+  from launch.configs import classifier  # pylint: disable=g-import-not-at-top
+  off = classifier.get_config("smoke,model=glow")
+  pgd = classifier.get_config("smoke,model=glow,adversarial=pgd")
+  latent = classifier.get_config("smoke,model=glow,adversarial=latent,adversarial_steps=2")
+  assert off.adversarial == "" and pgd.adversarial == "pgd" and pgd.adversarial_steps == 7
+  assert latent.adversarial_steps == 2 and latent.adversarial_fraction == 0.5
+  assert abs(pgd.adversarial_epsilon - 8 / 255) < 1e-9
