@@ -11,6 +11,9 @@ relaunching the same command resumes.
       --workdir=runs/iresnet_clf --data_dir=/path/to/cifar10_npz
   python -m launch.train_classifier --config=launch/configs/classifier.py:smoke,model=certified \
       --workdir=/tmp/clf_certified  # Lipschitz-margin training of a certifiable classifier
+  python -m launch.train_classifier \
+      --config=launch/configs/classifier.py:smoke,model=glow,adversarial=latent \
+      --workdir=/tmp/clf_latent_at  # latent adversarial training (or adversarial=pgd)
 """
 from __future__ import annotations
 
@@ -45,6 +48,9 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None) -> Dic
       noise_sigma=config.noise_sigma, independence_weight=config.independence_weight,
       nuisance_learning_rate=config.nuisance_learning_rate,
       report_nuisance_information=config.report_nuisance_information,
+      adversarial=config.adversarial, adversarial_epsilon=config.adversarial_epsilon,
+      adversarial_steps=config.adversarial_steps,
+      adversarial_fraction=config.adversarial_fraction,
       mesh=parallel.maybe_data_mesh(config.data_parallel),
       progress=config.progress,
       **train.loop_kwargs(config))

@@ -15,10 +15,13 @@
   numerically non-invertible points flagged (`invertibility_report`).
 * `independence`: independence cross-entropy (Jacobsen et al. 2019): a nuisance classifier
   trained adversarially so the latent part the head ignores carries no label information.
+* `adversarial_training`: adversarial examples inside the jitted training step, from PGD
+  (Madry et al. 2018) or from invjax's latent attack (latent adversarial training).
 * `margin_training`: Lipschitz-margin certified training (Tsuzuku et al. 2018; GloRo).
 * `parseval`: Parseval networks' orthogonality retraction and simplex projection.
 * `smoothing`: randomized smoothing (Cohen et al. 2019), probabilistic l2 certificates.
 """
+from invjax.robust import adversarial_training
 from invjax.robust import certificates
 from invjax.robust import cnn_certificates
 from invjax.robust import detection
@@ -29,6 +32,8 @@ from invjax.robust import invertibility
 from invjax.robust import margin_training
 from invjax.robust import parseval
 from invjax.robust import smoothing
+from invjax.robust.adversarial_training import (adversarial_batch, latent_examples,
+                                                make_generator)
 from invjax.robust.certificates import (Certification, LipschitzCertificate, certifiable,
                                         certified_accuracy_curve, certified_lipschitz, certify,
                                         conv_norm_bound, latent_to_image_lower_bound,
@@ -50,6 +55,7 @@ from invjax.robust.parseval import layer_singular_values, parseval_retraction, p
 
 __all__ = ["CNNLipschitzCertificate", "Certification", "DetectionReport", "DetectionRow",
            "InvertibilityReport", "LipschitzCertificate", "SetDiagnostics", "adaptive_attack",
+           "adversarial_batch", "adversarial_training", "latent_examples", "make_generator",
            "bits_per_dim", "certifiable", "certificates", "certification_report",
            "certified_accuracy", "certified_accuracy_curve", "certified_lipschitz",
            "certified_radius", "certify", "cnn_certificates", "compose_upper", "conv_norm_bound",

@@ -34,6 +34,7 @@ from invjax.information import latent as information_latent
 from invjax.nets import cnn
 from invjax.nets import parseval_cnn
 from invjax.robust.certificates import certify as certify_classifier
+from invjax.robust import adversarial_training
 from invjax.robust import independence
 from invjax.robust import margin_training
 from invjax.train.checkpoint import restore_variables
@@ -162,7 +163,9 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
                      lipschitz_margin: float = 0.0, margin_variant: str = "tsuzuku",
                      noise_sigma: float = 0.0, independence_weight: float = 0.0,
                      nuisance_learning_rate: float = 0.5,
-                     report_nuisance_information: bool = False, seed: int = 0,
+                     report_nuisance_information: bool = False, adversarial: str = "",
+                     adversarial_epsilon: float = 8 / 255, adversarial_steps: int = 7,
+                     adversarial_fraction: float = 0.5, seed: int = 0,
                      init_batch_size: int = 128, mesh=None, progress: bool = True,
                      **loop: Any) -> Dict[str, Any]:
   """Invertible classifier: cross-entropy (or a Lipschitz-margin loss) + `nll_weight` * bits/dim.
@@ -193,6 +196,13 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
     report_nuisance_information: measure the label information of the nuisance latent on the
       test split (`invjax.information.nuisance_label_information`): results gain
       "nuisance_ce_bound" and "nuisance_ksg" (nats).
+    adversarial: adversarial training (`invjax.robust.adversarial_training`; "": off):
+      "pgd" (Madry et al. 2018) or "latent" (the Jacobian-aware latent step, linear decode,
+      stretched to the budget); examples made on the current model, without gradient.
+    adversarial_epsilon: their L_inf radius.
+    adversarial_steps: PGD steps, or the latent attack's re-linearisations.
+    adversarial_fraction: the share of each batch replaced by adversarial examples (logged
+      "adversarial_accuracy": the training accuracy on them).
     seed: initialisation, per-step rng and data order.
     init_batch_size: images for the data-dependent initialisation.
     mesh: optional data-parallel mesh (`invjax.parallel`).
@@ -210,11 +220,14 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
     raise InvjaxError(f"lipschitz_margin, noise_sigma and independence_weight must be >= 0, "
                       f"got {lipschitz_margin}, {noise_sigma} and {independence_weight}")
   model = build_classifier(spec)
+  offset = float(spec["input_offset"])
+  generate = adversarial and adversarial_training.make_generator(
+      adversarial, model, epsilon=adversarial_epsilon, num_steps=adversarial_steps,
+      input_offset=offset)
   if lipschitz_margin:
     lipschitz_resnet.block_scale(model.flow)  # raises unless the flow is certifiable
   os.makedirs(workdir, exist_ok=True)
   io.write_json(os.path.join(workdir, MODEL_FILE), dict(spec))
-  offset = float(spec["input_offset"])
   init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
 
   def inputs(x_uint8, rng, training):
@@ -252,6 +265,12 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
   def loss_fn(params, model_state, batch, rng):
     in_rng, fwd_rng = jax.random.split(rng)
     x = inputs(batch["x"], in_rng, training=True)
+    if generate:
+      n_adv = max(1, int(round(adversarial_fraction * x.shape[0])))
+      x = adversarial_training.adversarial_batch(
+          generate, {"params": params, **{k: model_state[k] for k in mutable}}, x - offset,
+          batch["y"],
+          jax.random.fold_in(in_rng, 2), fraction=adversarial_fraction) + offset
     (logits, z, log_det), new_state = forward(params, model_state, x, fwd_rng)
     loss, metrics = classifier_lib.hybrid_loss(logits, batch["y"], z, log_det,
                                                nll_weight=nll_weight)
@@ -269,6 +288,9 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
       loss = loss + independence_weight * term
       new_state = {**new_state, independence.NUISANCE_COLLECTION: nuisance}
       metrics.update(ice)
+    if generate:
+      metrics["adversarial_accuracy"] = jnp.mean(
+          jnp.argmax(logits[:n_adv], -1) == batch["y"][:n_adv])
     if not report_bits_per_dim:
       metrics.pop("bits_per_dim")
     return loss, (new_state, metrics)
@@ -294,6 +316,9 @@ def train_classifier(spec: Mapping[str, Any], train_ds: data_lib.Dataset,
                                lipschitz_margin, input_offset=offset)
     results.update(certified_lipschitz=cert.lipschitz, lipschitz_margin=float(lipschitz_margin),
                    certified_accuracy=float(cert.certified_accuracy[0]))
+  if adversarial:
+    results.update(adversarial=adversarial, adversarial_epsilon=float(adversarial_epsilon),
+                   adversarial_steps=int(adversarial_steps))
   if independence_weight:
     results["independence_weight"] = float(independence_weight)
   if report_nuisance_information:

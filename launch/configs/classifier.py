@@ -51,6 +51,18 @@ Not measured yet on the mini or full data:
   python -m launch.train_classifier \
       --config=launch/configs/classifier.py:smoke,model=glow,independence=1.0 \
       --workdir=/tmp/ice_smoke
+
+Adversarial training (`invjax.robust.adversarial_training`): half of each batch replaced by
+L_inf 8/255 examples, from PGD-7 (Madry et al. 2018) or from invjax's Jacobian-aware latent
+step (one linearised encoder pass; `adversarial_steps=N` changes either count); measured at
+equal wall time in docs/results/latent_training.md:
+
+  python -m launch.train_classifier \
+      --config=launch/configs/classifier.py:smoke,model=glow,adversarial=latent \
+      --workdir=/tmp/latent_at_smoke
+  python -m launch.train_classifier \
+      --config=launch/configs/classifier.py:smoke,model=glow,adversarial=pgd \
+      --workdir=/tmp/pgd_at_smoke
 """
 import ml_collections
 
@@ -58,7 +70,8 @@ from launch.configs import choose, parse_arg
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, smoke=False, cpu=False, model="", independence=0.0)
+  arg = parse_arg(arg, smoke=False, cpu=False, model="", independence=0.0, adversarial="",
+                  adversarial_steps=0)
   config = ml_collections.ConfigDict(dict(
       num_train=0, num_test=0, num_classes=10, seed=0,  # num_train / num_test 0: all
       slice_dims=None, input_offset=-0.5,  # the model sees x - 0.5
@@ -68,7 +81,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       # Independence cross-entropy (Jacobsen et al. 2019; 0: off): the encoder maximises a
       # linear nuisance classifier's cross-entropy, that classifier learns by SGD.
       independence_weight=arg.independence, nuisance_learning_rate=0.5,
-      report_nuisance_information=arg.independence > 0))
+      report_nuisance_information=arg.independence > 0,
+      # Adversarial training ("": off; "pgd": Madry et al. 2018; "latent": the Jacobian-aware
+      # latent step of invjax.attacks.latent, linear decode): `adversarial_fraction` of each
+      # batch replaced by L_inf examples of radius `adversarial_epsilon`, made on the current
+      # model with `adversarial_steps` PGD steps (default 7) or latent re-linearisations (1).
+      adversarial=arg.adversarial, adversarial_epsilon=8 / 255,
+      adversarial_steps=arg.adversarial_steps or (1 if arg.adversarial == "latent" else 7),
+      adversarial_fraction=0.5))
   margin = 36 / 255  # the l2 radius certified-robustness tables report first
   if arg.smoke:
     # model -> (flow, head, nll_weight, report_bits_per_dim)
