@@ -141,6 +141,6 @@ def test_colab_runs_top_to_bottom(name, monkeypatch, tmp_path):
     assert "certified bound above every measured constant: True" in text, text[-3000:]
     assert "no adversarial inside a certified radius: True" in text, text[-3000:]
     assert _number(r"clean accuracy (\d\.\d+); certified accuracy", text) > 0.1
-    assert "smoothing (sigma 0.25, N 200): certified accuracy" in text
+    assert "smoothing (sigma 0.25, N 100): certified accuracy" in text
   else:
     assert "test accuracy" in text and "same prediction as x1: 1.0" in text, text[-2000:]

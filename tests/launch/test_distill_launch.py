@@ -18,6 +18,8 @@ def _tiny_config():
   config.student.update(dict(num_steps=4, batch_size=32, warmup_steps=2, log_every=2,
                              checkpoint_every=2, init_batch_size=32))
   config.attack.update(dict(num_examples=8, batch_size=8, pgd_steps=3, lipschitz_examples=4))
+  # one budget per run (time): L2 here, L_inf in the second run
+  config.attack.norms, config.attack.epsilons = ("l2",), (0.5,)
   return config
 
 
