@@ -8,16 +8,9 @@ from scipy.special import digamma
 
 from invjax import InvjaxError
 from invjax.information import ksg
+from tests.information.gaussians import gaussians
 
 CHUNK = 512  # one chunk size everywhere: the n = 2000 programs compile once per shape
-
-
-def gaussians(seed, n, d, rho):
-  """x, y in R^d with corr(x_i, y_i) = rho, independent across i: I = -d/2 log(1 - rho^2)."""
-  rng = np.random.default_rng(seed)
-  x = rng.standard_normal((n, d))
-  y = rho * x + np.sqrt(1 - rho ** 2) * rng.standard_normal((n, d))
-  return x.astype(np.float32), y.astype(np.float32), -0.5 * d * np.log(1 - rho ** 2)
 
 
 def ref_ksg(x, y, k):

@@ -11,13 +11,7 @@ from scipy.special import logsumexp
 from invjax import InvjaxError
 from invjax.information import critics
 from invjax.information import variational as V
-
-
-def gaussians(seed, n, d, rho):
-  rng = np.random.default_rng(seed)
-  x = rng.standard_normal((n, d))
-  y = rho * x + np.sqrt(1 - rho ** 2) * rng.standard_normal((n, d))
-  return x.astype(np.float32), y.astype(np.float32), -0.5 * d * np.log(1 - rho ** 2)
+from tests.information.gaussians import gaussians
 
 
 def optimal_scores(x, y, rho):
