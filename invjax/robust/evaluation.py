@@ -58,7 +58,7 @@ def lipschitz_bound(model, variables, image_shape: Sequence[int]) -> Dict[str, A
   (`cnn_certificates.parseval_cnn_lipschitz`); other models raise `InvjaxError` (certify
   them with `methods=("smoothing",)`).
   """
-  if getattr(model, "flow", None) is not None:
+  if certificates.certifiable(model):
     b = certificates.certified_lipschitz(model, variables)
     return {"lipschitz": b.lipschitz, "nominal_lipschitz": b.nominal,
             "encoder_lipschitz": b.encoder, "decoder_lipschitz": b.decoder,
@@ -73,8 +73,9 @@ def lipschitz_bound(model, variables, image_shape: Sequence[int]) -> Dict[str, A
       "methods=('smoothing',)")
 
 
-def logits_function(model, variables, input_offset: float = 0.0):
-  """The jitted `x -> logits` of a classifier whose `apply` returns logits or `(logits, ...)`."""
+def _logits_fn(model, variables, input_offset: float = 0.0):
+  """The jitted `x -> logits` of a classifier whose `apply` returns logits or `(logits, ...)`
+  (any classifier, CNNs included: `invertibility.logits_function` is the invertible one's)."""
   def logits_fn(v):
     out = model.apply(variables, v + input_offset)
     return out[0] if isinstance(out, tuple) else out
@@ -118,7 +119,7 @@ def certification_report(model, variables, x, y, *, key: jax.Array, radii: Seque
   radii = tuple(float(r) for r in radii)
   x = np.asarray(x, np.float32)
   y = np.asarray(y).astype(np.int32)
-  logits_fn = logits_function(model, variables, input_offset)
+  logits_fn = _logits_fn(model, variables, input_offset)
   logits = np.concatenate([np.asarray(logits_fn(x[i:i + batch_size]))
                            for i in range(0, len(x), batch_size)])
   report: Dict[str, Any] = {"num_examples": int(len(x)), "radii": list(radii),
